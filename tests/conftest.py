@@ -1,0 +1,65 @@
+"""Shared pytest fixtures: tiny synthetic competition directories in both real layouts."""
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TRAIN_ROWS = [  # ID, LABEL, GENDER, DOB, LYMPH_COUNT: both DOB formats, a lowercase gender
+    ("P1", "1", "M", "5/15/1942", "12.8"), ("P2", "0", "F", "19-12-1980", "5.1"),
+    ("P3", "1", "f", "3/5/1931", "40.2"), ("P4", "0", "M", "01-02-1964", "6.0"),
+    ("P5", "1", "F", "11/3/1950", "9.9"), ("P6", "0", "F", "6/19/1975", "4.4"),
+]
+TEST_ROWS = [("P7", "-1", "M", "1/17/1946", "5.76"), ("P8", "-1", "F", "20-05-1997", "32.0")]
+
+
+def write_jpg(path: Path, seed: int, size: int = 64) -> None:
+    """A small random JPEG."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def write_images(root: Path, rows, split_dir: str, n_cells: int = 3, size: int = 64) -> None:
+    """``n_cells`` JPEGs per patient under ``root/split_dir/<ID>/``."""
+    for i, row in enumerate(rows):
+        for k in range(n_cells):
+            write_jpg(root / split_dir / row[0] / f"{k:06d}.jpg", seed=100 * i + k, size=size)
+
+
+def frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"])
+
+
+def make_2024(root: Path, train=TRAIN_ROWS, test=TEST_ROWS, n_cells: int = 3, size: int = 64) -> Path:
+    """A competition directory in the 2024 layout."""
+    (root / "trainset").mkdir(parents=True, exist_ok=True)
+    (root / "testset").mkdir(parents=True, exist_ok=True)
+    frame(train).to_csv(root / "trainset" / "trainset_true.csv", index=False)
+    frame(test).to_csv(root / "testset" / "testset_data.csv", index=False)
+    write_images(root, train, "trainset", n_cells, size)
+    write_images(root, test, "testset", n_cells, size)
+    return root
+
+
+def make_2021(root: Path) -> Path:
+    """A competition directory in the 2021 layout (one annotation CSV with an unnamed index)."""
+    root.mkdir(parents=True, exist_ok=True)
+    frame(TRAIN_ROWS + TEST_ROWS).to_csv(root / "clinical_annotation.csv", index=True)
+    write_images(root, TRAIN_ROWS, "trainset")
+    write_images(root, TEST_ROWS, "testset")
+    return root
+
+
+@pytest.fixture
+def data_2024(tmp_path: Path) -> Path:
+    return make_2024(tmp_path / "comp2024")
+
+
+@pytest.fixture
+def data_2021(tmp_path: Path) -> Path:
+    return make_2021(tmp_path / "comp2021")
