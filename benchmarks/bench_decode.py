@@ -1,0 +1,62 @@
+"""Benchmark: JPEG decode throughput vs reading the decoded-image cache, on a competition directory.
+
+Usage: python benchmarks/bench_decode.py [--data-dir ../shared/data/lymphocytosis] [--crop 112]
+Prints img/s and appends a dated block to BENCHMARKS.md.
+"""
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lib.bench import append_benchmark  # noqa: E402
+from lib.data import load_dataset  # noqa: E402
+from lib.images import load_image_cache, read_image  # noqa: E402
+from lib.paths import SHARED_DATA_DIR  # noqa: E402
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:,.0f} img/s ({n} images in {seconds:.1f} s)"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument("--n", type=int, default=3000, help="images for the decode-only measurements")
+    args = parser.parse_args()
+    dataset = load_dataset(args.data_dir)
+    paths = [p for pid in dataset.patients.index for p in dataset.images[pid]]
+    sample = paths[:args.n]
+    one = timed(lambda: [read_image(p) for p in sample])
+    with ThreadPoolExecutor(2) as pool:
+        two = timed(lambda: list(pool.map(read_image, sample)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cache_"))
+    try:
+        build = timed(lambda: load_image_cache(dataset, args.crop, cache_dir=tmp, progress=False))
+        cache = load_image_cache(dataset, args.crop, cache_dir=tmp, progress=False)
+        read = timed(lambda: [np.array(cache.patient(pid)) for pid in dataset.patients.index])
+    finally:
+        shutil.rmtree(tmp)
+    lines = [f"- dataset: {dataset.name}, {len(paths)} images (224x224 JPEG)",
+             f"- decode + centre crop, cv2, 1 thread: {rate(len(sample), one)}",
+             f"- decode + centre crop, cv2, 2 threads: {rate(len(sample), two)}",
+             f"- build decoded cache (crop {args.crop}, 2 threads, includes decode): {rate(len(paths), build)}",
+             f"- read every bag from the cache (crop {args.crop}, warm page cache): {rate(len(paths), read)}"]
+    print("\n".join(lines))
+    append_benchmark("JPEG decode vs decoded cache", " ".join(["python"] + sys.argv), lines)
+
+
+if __name__ == "__main__":
+    main()
