@@ -29,11 +29,12 @@ def stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str
     return [
         ("prepare", ["prepare_data.py", *data]),
         ("clinical", ["train_clinical.py", *data, "--experiment", runs["clinical"], "--resume"]),
-        ("morpho", ["train_clinical.py", *data, "--features", "clinical+morpho",
+        ("morpho", ["train_clinical.py", *data, "--feature-set", "clinical+morpho",
                     "--experiment", runs["morpho"], "--resume"]),
         ("cnn", ["train_cnn.py", "-c", args.cnn_config, *data, "--experiment", runs["cnn"], "--resume"]),
         ("ensemble", ["ensemble.py", "--runs", *(str(RUNS_DIR / runs[n]) for n in ("clinical", "morpho", "cnn")),
                       "--experiment", runs["ensemble"], "--trials", str(args.trials), "--resume"]),
+        ("report", ["report.py", "--ensemble", str(RUNS_DIR / runs["ensemble"]), *data]),
         ("submission", ["make_submission.py", *data, "--ensemble", str(RUNS_DIR / runs["ensemble"]),
                         "--out", str(args.out)]),
     ]
