@@ -30,7 +30,7 @@ class Stage:
 def resolve_data_dir(data_dir: Path | None) -> Path:
     """The given data directory, or the embedded demo data (generated on first use)."""
     if data_dir is not None:
-        return Path(data_dir)
+        return Path(data_dir).resolve()
     from lib.demo import generate_demo
     log.info("no --data-dir: using the embedded demo data in %s", DEMO_DATA_DIR)
     return generate_demo(DEMO_DATA_DIR)

@@ -16,7 +16,7 @@ from lib.io import atomic_write_csv, atomic_write_json, atomic_write_text, atomi
 from lib.paths import REPO_DIR
 
 log = logging.getLogger(__name__)
-NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config"}
+NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "trials", "nested_trials"}
 
 
 def code_version() -> dict:
@@ -63,11 +63,13 @@ def _check_same_config(saved: Path, config: dict) -> None:
 
 
 def attach_log_file(path: Path) -> None:
-    """Also send this process's log records to ``path``."""
+    """Send this process's log records to ``path`` (replacing an earlier run's log file)."""
     root = logging.getLogger()
-    if any(getattr(h, "baseFilename", None) == str(Path(path).resolve()) for h in root.handlers):
-        return
+    for old in [h for h in root.handlers if getattr(h, "_run_log", False)]:
+        root.removeHandler(old)
+        old.close()
     handler = logging.FileHandler(path)
+    handler._run_log = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
 

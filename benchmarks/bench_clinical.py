@@ -1,0 +1,85 @@
+"""Benchmark: repeated 5-fold CV of the clinical model (fold seeds 42..46), BA and AUC mean±std.
+
+Usage: python benchmarks/bench_clinical.py [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44 45 46]
+Each seed's fold file is read from folds/ (created once on first use). Prints the numbers and appends a
+dated block to BENCHMARKS.md (unless --no-append).
+"""
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train_clinical  # noqa: E402
+from lib.bench import append_benchmark  # noqa: E402
+from lib.features import FEATURE_SETS  # noqa: E402
+from lib.metrics import mean_std  # noqa: E402
+from lib.paths import SHARED_DATA_DIR  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Benchmark options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46], help="fold seeds")
+    parser.add_argument("--n-folds", type=int, default=5)
+    parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS))
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def run_seed(args: argparse.Namespace, seed: int, runs_dir: Path) -> dict:
+    """One cross-validation of the clinical model on the folds of one seed; its metrics."""
+    try:
+        return train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
+                                    "--n-folds", str(args.n_folds), "--feature-set", args.feature_set,
+                                    "--runs-dir", str(runs_dir), "--experiment", f"bench_clinical_s{seed}"])
+    finally:
+        detach_file_logs()
+
+
+def detach_file_logs() -> None:
+    """Close the run's log.txt handler so the next run's records do not land in it."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def summary_lines(results: dict[int, dict], feature_set: str, seconds: float) -> list[str]:
+    """Result lines: mean±std over repetitions of the fold-mean, over all folds, and pooled."""
+    lines = [f"- model: clinical logistic regression, feature set {feature_set}, threshold 0.5; "
+             f"{len(results)} repetitions of {len(next(iter(results.values()))['per_fold'])}-fold CV "
+             f"(fold seeds {', '.join(map(str, results))}); {seconds:.0f} s"]
+    for key, label in (("ba", "BA"), ("auc", "AUC")):
+        reps = [r[f"{key}_mean"] for r in results.values()]
+        folds = [f[key] for r in results.values() for f in r["per_fold"].values()]
+        pooled = [r[f"pooled_{key}"] for r in results.values()]
+        lines.append(f"- {label}: {mean_std(reps)} (mean±std over repetitions of the per-repetition fold mean); "
+                     f"{mean_std(folds)} over all {len(folds)} folds; pooled OOF {mean_std(pooled)}; "
+                     f"per repetition {', '.join(f'{v:.3f}' for v in reps)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run every seed, print the summary and append it to BENCHMARKS.md."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_clinical_") as tmp:
+        runs_dir = args.runs_dir or Path(tmp)
+        results = {seed: run_seed(args, seed, runs_dir) for seed in args.seeds}
+    lines = [f"- data: {args.data_dir}"] + summary_lines(results, args.feature_set, time.perf_counter() - start)
+    print("\n".join(lines))
+    if not args.no_append:
+        command = " ".join(["python", "benchmarks/bench_clinical.py"] + sys.argv[1:])
+        print(f"appended to {append_benchmark('Clinical model, repeated CV', command, lines)}")
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Optuna late fusion of several runs: weights, fusing method and threshold maximising OOF balanced accuracy.
+
+Example: ``python ensemble.py --runs runs/clinical_real runs/cnn_real --experiment ens_real --trials 300``.
+Writes runs/<experiment>/: best_params.json (weights, method, threshold, the runs with their hashes),
+metrics.json (in-sample and nested estimates, each model alone), study.db, oof.csv, roc.png and the
+optimisation plots. ``--storage`` takes any Optuna RDB URL instead of the run's SQLite file.
+"""
+import argparse
+from pathlib import Path
+
+from lib.cli import run_main
+from lib.config import config_dict, parse_config
+from lib.fusion import ensemble, load_runs
+from lib.paths import RUNS_DIR
+from lib.runs import create_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the fusion study."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
+    parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
+    parser.add_argument("--experiment", default="ensemble", help="results go to <runs-dir>/<experiment>/")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="parent of the run directory (default runs/)")
+    parser.add_argument("--trials", type=int, default=200, help="finished trials of the main study")
+    parser.add_argument("--nested-trials", type=int, default=None,
+                        help="trials of each per-fold study of the honest estimate (default: --trials)")
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<run dir>/study.db)")
+    parser.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    parser.add_argument("--resume", action="store_true", help="continue (top up) an existing ensemble run")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.set_defaults(stage="ensemble")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Check the runs agree, run the fusion study and write its outputs; return params and metrics."""
+    args = parse_config(build_parser(), argv)
+    runs = load_runs(args.runs)
+    run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
+    result = ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
+                      args.experiment)
+    report(result, run_dir)
+    return result
+
+
+def report(result: dict, run_dir: Path) -> None:
+    """Print the chosen fusion, the in-sample and honest BA, and each model alone."""
+    params, m = result["params"], result["metrics"]
+    weights = ", ".join(f"{n}={w:.2f}" for n, w in params.weights.items())
+    print(f"best fusion: {params.method}, threshold {params.threshold:.3f}, weights {weights}")
+    print(f"OOF BA in-sample (tuned on all folds): {m['in_sample']['pooled_ba']:.3f} "
+          f"(per fold {m['in_sample']['ba_mean']:.3f}±{m['in_sample']['ba_std']:.3f})")
+    print(f"OOF BA honest (tuned on k-1 folds, scored on the k-th): {m['nested']['ba_mean']:.3f}±{m['nested']['ba_std']:.3f}")
+    for name, b in m["models"].items():
+        tag = " [clinical]" if name in m["clinical_runs"] else ""
+        print(f"  {name}{tag}: BA@0.5 {b['ba_at_0.5_mean']:.3f}±{b['ba_at_0.5_std']:.3f}, "
+              f"own tuned threshold {b['nested_tuned_threshold_ba_mean']:.3f}±{b['nested_tuned_threshold_ba_std']:.3f} "
+              f"honest / {b['pooled_ba_at_tuned_threshold']:.3f} in-sample (t={b['tuned_threshold']:.2f}), AUC {b['auc']:.3f}")
+    print(f"-> {run_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,51 @@
+"""Patient-level feature tables for the tabular (clinical) model, one registry of named feature sets.
+
+- ``clinical``: age, log lymphocyte count, male indicator (lib.clinical.CLINICAL_FEATURES);
+- ``clinical+ncells``: the same plus ``log_n_images`` (log of the number of cells in the bag);
+- ``clinical+morpho``: the clinical features plus pooled per-cell morphometry
+  (``lib.morphometry_features.pooled_morphometry``, imported only when that set is asked for).
+"""
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from lib.clinical import CLINICAL_FEATURES
+from lib.data import Dataset
+from lib.errors import DataError
+
+
+def clinical_table(dataset: Dataset) -> pd.DataFrame:
+    """The clinical features of every patient (train and test)."""
+    return dataset.patients[CLINICAL_FEATURES].astype(float)
+
+
+def ncells_table(dataset: Dataset) -> pd.DataFrame:
+    """Clinical features plus the log of the number of cell images in each bag."""
+    table = clinical_table(dataset)
+    table["log_n_images"] = np.log(dataset.patients["n_images"].astype(float))
+    return table
+
+
+def morpho_table(dataset: Dataset) -> pd.DataFrame:
+    """Clinical features plus pooled per-cell morphometry (computed and cached by its own module)."""
+    from lib.morphometry_features import pooled_morphometry
+    morpho = pooled_morphometry(dataset)
+    missing = dataset.patients.index.difference(morpho.index)
+    if len(missing):
+        raise DataError(f"pooled morphometry of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
+    return clinical_table(dataset).join(morpho.loc[dataset.patients.index].astype(float))
+
+
+FEATURE_SETS: dict[str, Callable[[Dataset], pd.DataFrame]] = {
+    "clinical": clinical_table,
+    "clinical+ncells": ncells_table,
+    "clinical+morpho": morpho_table,
+}
+
+
+def feature_table(dataset: Dataset, feature_set: str) -> pd.DataFrame:
+    """Features of a named set, a DataFrame indexed by patient ID (train and test rows)."""
+    if feature_set not in FEATURE_SETS:
+        raise DataError(f"feature set {feature_set!r} is unknown (choose from {', '.join(FEATURE_SETS)})")
+    return FEATURE_SETS[feature_set](dataset)

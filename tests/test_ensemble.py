@@ -1,0 +1,169 @@
+"""Fusion and ensemble.py on synthetic run directories: compatibility checks, fusing methods, the study."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import ensemble
+import lib.fusion as fusion
+from lib.errors import DataError
+from lib.fusion import FusionParams, ecdf, fuse, load_runs
+
+N = 30
+IDS = [f"P{i}" for i in range(N)]
+TEST_IDS = ["T1", "T2", "T3", "T4"]
+TARGET = np.array([0, 1] * (N // 2))
+FOLDS = np.arange(N) % 5
+
+
+def write_run(path: Path, seed: int, ids=IDS, target=TARGET, folds=FOLDS, test_ids=TEST_IDS,
+              config: dict | None = None, noise: float = 0.35) -> Path:
+    """A run directory with oof.csv, test.csv and config.yaml; probabilities informative about the target."""
+    rng = np.random.default_rng(seed)
+    proba = np.clip(0.5 + (np.asarray(target) - 0.5) * 0.6 + rng.normal(0, noise, len(ids)), 0.01, 0.99)
+    path.mkdir(parents=True)
+    pd.DataFrame({"ID": ids, "fold": folds, "target": target, "proba": proba}).to_csv(path / "oof.csv", index=False)
+    test = pd.DataFrame({"ID": test_ids, **{f"fold_{k}": rng.uniform(0, 1, len(test_ids)) for k in range(5)}})
+    test["proba"] = test.filter(like="fold_").mean(axis=1)
+    test.to_csv(path / "test.csv", index=False)
+    (path / "config.yaml").write_text(yaml.safe_dump(config or {"dataset_name": "toy-1234", "stage": "cnn"}))
+    return path
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    return [write_run(tmp_path / "clin", 0, config={"dataset_name": "toy-1234", "stage": "clinical"}),
+            write_run(tmp_path / "cnn", 1)]
+
+
+def test_load_runs_aligns_predictions(two_runs):
+    runs = load_runs(two_runs)
+    assert runs.names == ["clin", "cnn"] and list(runs.oof.columns) == ["clin", "cnn"]
+    assert runs.n_folds == 5 and set(runs.test.index) == set(TEST_IDS)
+    assert runs.target.loc["P1"] == 1 and runs.fold.loc["P7"] == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(ids=IDS[:-1] + ["X9"]), "patient set differs"),
+    (dict(target=1 - TARGET), "targets differ"),
+    (dict(folds=(FOLDS + 1) % 5), "folds differ"),
+    (dict(test_ids=["T1", "T2", "T3", "T9"]), "test patient set differs"),
+    (dict(config={"dataset_name": "other-9999"}), "trained on dataset"),
+])
+def test_incompatible_runs_are_refused(tmp_path, change, message):
+    a = write_run(tmp_path / "a", 0)
+    b = write_run(tmp_path / "b", 1, **change)
+    with pytest.raises(DataError, match=message):
+        load_runs([a, b])
+
+
+def test_nan_duplicate_names_and_bad_probabilities_are_refused(tmp_path):
+    a = write_run(tmp_path / "a", 0)
+    with pytest.raises(DataError, match="distinct names"):
+        load_runs([a, a])
+    b = write_run(tmp_path / "b", 1)
+    oof = pd.read_csv(b / "oof.csv")
+    oof.loc[3, "proba"] = np.nan
+    oof.to_csv(b / "oof.csv", index=False)
+    with pytest.raises(DataError, match="NaN"):
+        load_runs([a, b])
+    oof.loc[3, "proba"] = 1.5
+    oof.to_csv(b / "oof.csv", index=False)
+    with pytest.raises(DataError, match="outside"):
+        load_runs([a, b])
+
+
+def test_fusing_methods():
+    probas = pd.DataFrame({"a": [0.2, 0.9, 0.6], "b": [0.4, 0.5, 0.1]}, index=["x", "y", "z"])
+    mean = fuse(probas, FusionParams({"a": 3.0, "b": 1.0}, "prob_mean"))
+    assert mean.tolist() == pytest.approx([0.25, 0.8, 0.475])
+    logit = fuse(probas, FusionParams({"a": 1.0, "b": 0.0}, "logit_mean"))
+    assert logit.tolist() == pytest.approx(probas["a"].tolist())
+    equal = fuse(probas, FusionParams({"a": 0.0, "b": 0.0}))  # all-zero weights -> equal weights
+    assert equal.tolist() == pytest.approx(probas.mean(axis=1).tolist())
+    ranks = fuse(probas, FusionParams({"a": 1.0, "b": 0.0}, "rank_mean"))
+    assert ranks.tolist() == pytest.approx([1 / 6, 5 / 6, 3 / 6])  # mid-rank ECDF of the OOF itself
+
+
+def test_rank_mean_is_defined_on_new_scores_via_the_reference_ecdf():
+    reference = np.array([0.1, 0.2, 0.3, 0.4])
+    assert ecdf(reference, np.array([0.0, 0.25, 0.3, 0.9])).tolist() == pytest.approx([0.0, 0.5, 0.625, 1.0])
+    oof = pd.DataFrame({"a": reference})
+    test = pd.DataFrame({"a": [0.35]}, index=["t"])
+    assert fuse(test, FusionParams({"a": 1.0}, "rank_mean"), reference=oof).iloc[0] == pytest.approx(0.75)
+
+
+def test_ensemble_writes_params_metrics_and_plots_and_enqueues_equal_weights(two_runs, tmp_path, capsys):
+    result = ensemble.main(["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
+                            "--experiment", "ens", "--trials", "6", "--nested-trials", "3"])
+    run_dir = tmp_path / "runs" / "ens"
+    best = json.loads((run_dir / "best_params.json").read_text())
+    assert set(best["weights"]) == {"clin", "cnn"} and sum(best["weights"].values()) == pytest.approx(1)
+    assert best["method"] in fusion.METHODS and 0.05 <= best["threshold"] <= 0.95
+    assert [r["name"] for r in best["runs"]] == ["clin", "cnn"] and all(len(r["oof_hash"]) == 12 for r in best["runs"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["nested"]["per_fold_ba"]) == {str(k) for k in range(5)}
+    assert metrics["clinical_runs"] == ["clin"] and "nested_tuned_threshold_ba_mean" in metrics["models"]["clin"]
+    assert metrics["in_sample"]["pooled_ba"] == pytest.approx(result["metrics"]["top_trials"]["best"]["value"])
+    for name in ("study.db", "roc.png", "optimization_history.png", "oof.csv"):
+        assert (run_dir / name).exists(), name
+    study = fusion_study(run_dir)
+    assert study.trials[0].params == fusion.equal_trial_params(["clin", "cnn"])
+    assert "honest" in capsys.readouterr().out
+
+
+def fusion_study(run_dir: Path):
+    import optuna
+    return optuna.load_study(study_name="ens", storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def test_existing_ensemble_is_refused_and_resume_tops_up(two_runs, tmp_path):
+    args = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"), "--experiment", "ens",
+            "--nested-trials", "2"]
+    ensemble.main(args + ["--trials", "3"])
+    with pytest.raises(DataError, match="already exists"):
+        ensemble.main(args + ["--trials", "3"])
+    ensemble.main(args + ["--trials", "5", "--resume"])
+    assert len(fusion_study(tmp_path / "runs" / "ens").trials) == 5
+
+
+def test_mismatched_runs_are_refused_before_a_run_dir_is_made(tmp_path):
+    a = write_run(tmp_path / "a", 0)
+    b = write_run(tmp_path / "b", 1, folds=(FOLDS + 2) % 5)
+    with pytest.raises(DataError, match="folds differ"):
+        ensemble.main(["--runs", str(a), str(b), "--runs-dir", str(tmp_path / "runs"), "--trials", "2"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nested_estimate_never_tunes_on_the_fold_it_scores(two_runs, tmp_path, monkeypatch):
+    runs = load_runs(two_runs)
+    tuned_on, real_tune = [], fusion.tune
+    monkeypatch.setattr(fusion, "tune", lambda probas, *a: tuned_on.append(set(probas.index)) or real_tune(probas, *a))
+    result = fusion.nested_estimate(runs, tmp_path, "n", n_trials=2, seed=0)
+    assert len(tuned_on) == 5
+    for k, ids in enumerate(tuned_on):
+        held = set(runs.fold.index[runs.fold == k])
+        assert ids.isdisjoint(held) and ids | held == set(IDS)
+    assert 0 <= result["ba_mean"] <= 1 and not (tmp_path / "study.db").exists()
+
+
+def test_model_baseline_threshold_is_tuned_on_other_folds_only():
+    target = pd.Series(TARGET, index=IDS)
+    fold = pd.Series(FOLDS, index=IDS)
+    perfect = pd.Series(np.where(TARGET == 1, 0.3, 0.1), index=IDS)  # separable, but below 0.5
+    b = fusion.model_baseline(perfect, target, fold)
+    assert b["ba_at_0.5_mean"] == 0.5 and b["pooled_ba_at_tuned_threshold"] == 1.0
+    assert b["nested_tuned_threshold_ba_mean"] == 1.0 and 0.1 < b["tuned_threshold"] <= 0.3
+
+
+def test_vectorised_balanced_accuracy_matches_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+    rng = np.random.default_rng(0)
+    y, score = rng.integers(0, 2, 25), rng.uniform(size=25)
+    grid = np.array([0.1, 0.4, 0.77])
+    expected = [balanced_accuracy_score(y, (score >= t).astype(int)) for t in grid]
+    assert fusion.balanced_accuracy(y, score, grid) == pytest.approx(expected)
+    assert fusion.balanced_accuracy(y, score, 0.4) == pytest.approx(expected[1])

@@ -1,0 +1,36 @@
+"""Clinical model: class-balanced logistic regression on the clinical features, cross-validated on the committed folds.
+
+Example: ``python train_clinical.py --data-dir ../shared/data/lymphocytosis --experiment clinical_real``
+(no --data-dir: the embedded demo data). Writes runs/<experiment>/ (oof.csv, test.csv, metrics.json,
+coefficients.csv, roc.png, config.yaml, code_version.json, log.txt).
+"""
+import argparse
+
+from lib.cli import open_stage, run_main
+from lib.clinical_model import train_clinical
+from lib.config import add_common_args, parse_config
+from lib.features import FEATURE_SETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Common options plus the clinical model's own."""
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
+                        help="patient features (see lib/features.py)")
+    parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
+    parser.set_defaults(stage="clinical")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train and cross-validate the clinical model; return its OOF metrics."""
+    stage = open_stage(parse_config(build_parser(), argv), default_experiment="clinical")
+    metrics = train_clinical(stage)
+    print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
+          f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds, threshold 0.5) "
+          f"-> {stage.run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
