@@ -1,146 +1,480 @@
-"""Embedded demo data: a small, deterministic competition directory in the real 2024 layout.
+"""Synthetic DEMO competition directory, so the toolkit runs end to end without any download.
 
-Cells are drawn with OpenCV (pink textured background, red cells, a lymphocyte with pale cytoplasm
-and a dark purple nucleus with chromatin texture). Tumoral patients carry a share of atypical cells
-(larger, irregular, coarser nuclei) and are older with higher counts; neither signal alone is perfect,
-so the demo shows images adding to clinical data. ``demo_test_truth.csv`` holds the test labels so the
-demo can score its own submission (demo only: real test sets have no truth).
+Layout imitates the 2024 lymphocytosis data: ``trainset/trainset_true.csv``,
+``testset/testset_data.csv`` (columns ``ID,LABEL,GENDER,DOB,LYMPH_COUNT``, test LABEL = -1)
+and one folder of 224x224 RGB JPEG cells per patient (``P<id>/000000.jpg`` ...).
+Real quirks are reproduced: DOB mixes ``M/D/YYYY`` and ``DD-MM-YYYY``; GENDER has an
+occasional lowercase ``f``.  DEMO-ONLY: ``demo_test_truth.csv`` (ID,LABEL) holds the test
+labels so the demo can score its own submission; the real data has no such file.
 """
+
+from __future__ import annotations
+
+import csv
+import functools
 import json
 import shutil
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lib.clinical import AGE_REFERENCE_DATE
+from lib.errors import DataError
 
 DEMO_DIR_NAME = "demo"
-MARKER = ".demo_complete"
-SIZE = 224
+MARKER_NAME = ".demo_complete"
+TRUTH_NAME = "demo_test_truth.csv"
+GENERATOR_VERSION = 2  # bump whenever the output changes, so old demo dirs regenerate
+IMAGE_SIZE = 224
+COLUMNS = ("ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT")
+
+# BGR colours measured roughly on real smears (stained plasma, red cells, lymphocyte).
+_PLASMA = np.array([201.0, 228.0, 252.0], np.float32)
+_RBC = np.array([165.0, 150.0, 180.0], np.float32)
+_RBC_PALLOR = np.array([188.0, 184.0, 210.0], np.float32)
+_RBC_EDGE = np.array([148.0, 128.0, 162.0], np.float32)
+_CYTO = np.array([206.0, 182.0, 200.0], np.float32)
+_CYTO_EDGE = np.array([170.0, 130.0, 165.0], np.float32)
+_NUCLEUS = np.array([136.0, 44.0, 92.0], np.float32)
+_PLATELET = np.array([150.0, 90.0, 140.0], np.float32)
 
 
-def generate_demo(root: Path, n_train: int = 30, n_test: int = 10, cells: tuple[int, int] = (16, 40),
-                  seed: int = 0, progress: bool = True) -> Path:
-    """Write the demo directory (atomically) unless a complete one with these parameters exists."""
-    root = Path(root)
-    params = {"n_train": n_train, "n_test": n_test, "cells": list(cells), "seed": seed, "version": 1}
-    marker = root / MARKER
-    if marker.exists() and json.loads(marker.read_text()) == params:
-        return root
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _write(tmp, params, progress)
-    (tmp / MARKER).write_text(json.dumps(params))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    return root
+@dataclass(frozen=True)
+class PatientSpec:
+    """One synthetic patient: clinical row plus the hidden parameters of its images."""
+
+    pid: int
+    split: str  # "train" or "test"
+    label: int
+    gender: str
+    dob: str
+    lymph_count: float
+    n_cells: int
+    atypical_share: float  # share of atypical (tumoral-looking) cells
+    reactive_share: float  # share of large reactive-looking cells
+    scale: float  # per-patient magnification jitter
+    stain: tuple[float, float, float]  # per-patient BGR tint added to every colour
+
+    @property
+    def id(self) -> str:
+        """Patient ID as written in the CSV ("P<int>")."""
+        return f"P{self.pid}"
 
 
-def _write(root: Path, params: dict, progress: bool) -> None:
-    """Clinical CSVs, the demo truth and every patient's images under ``root``."""
-    rng = np.random.default_rng(params["seed"])
-    patients = make_patients(rng, params["n_train"], params["n_test"])
-    for split, folder, csv in (("train", "trainset", "trainset_true.csv"), ("test", "testset", "testset_data.csv")):
-        rows = patients[patients["split"] == split].copy()
-        rows["LABEL"] = rows["LABEL"] if split == "train" else -1
-        (root / folder).mkdir(parents=True)
-        rows[["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]].to_csv(root / folder / csv, index=False)
-    truth = patients[patients["split"] == "test"][["ID", "LABEL"]]
-    truth.to_csv(root / "demo_test_truth.csv", index=False)
-    for row in tqdm(patients.itertuples(), total=len(patients), desc="demo data", disable=not progress):
-        folder = root / ("trainset" if row.split == "train" else "testset") / row.ID
-        _write_bag(folder, rng, row.LABEL, params["cells"])
+# ----------------------------------------------------------------------------- clinical
 
 
-def make_patients(rng: np.random.Generator, n_train: int, n_test: int) -> pd.DataFrame:
-    """Clinical rows (shuffled) with a two-thirds tumoral mix and the real CSV quirks."""
-    n = n_train + n_test
-    ids = [f"P{i}" for i in rng.choice(np.arange(1, 400), n, replace=False)]
-    n_tumoral = round(2 * n_train / 3)
-    labels = np.r_[np.ones(n_tumoral, int), np.zeros(n_train - n_tumoral, int), rng.random(n_test) < 2 / 3]
-    rows = [_clinical(rng, pid, int(y), "train" if i < n_train else "test") for i, (pid, y) in
-            enumerate(zip(ids, labels))]
-    table = pd.DataFrame(rows)
-    return pd.concat([table[table.split == "train"].sample(frac=1, random_state=1),
-                      table[table.split == "test"]], ignore_index=True)
+def _n_tumoral(n: int) -> int:
+    """Tumoral count for a split of n (~70 % like the real 80/35), both classes when n >= 2."""
+    k = int(round(0.7 * n))
+    return k if n < 2 else min(max(k, 1), n - 1)
 
 
-def _clinical(rng: np.random.Generator, pid: str, label: int, split: str) -> dict:
-    """Age, lymphocyte count, gender and DOB string of one patient."""
-    if label:
-        age, count = np.clip(rng.normal(72, 10), 40, 95), np.exp(rng.normal(np.log(14), 0.8))
+def _sample_age(rng: np.random.Generator, label: int) -> float:
+    """Age in years at AGE_REFERENCE_DATE: tumoral patients are older, with overlap."""
+    if label == 1:
+        return float(np.clip(rng.normal(70.0, 10.0), 45, 95))
+    return float(np.clip(rng.normal(55.0, 17.0), 20, 90))
+
+
+def _sample_lymph(rng: np.random.Generator, label: int) -> float:
+    """Lymphocyte count (x1e9/L): reactive ~4-8, tumoral heavy-tailed; 1 or 2 decimals."""
+    if label == 1 and rng.random() < 0.6:
+        x = np.exp(rng.normal(np.log(18.0), 0.95))
+    elif label == 1:
+        x = np.exp(rng.normal(np.log(6.5), 0.35))
     else:
-        age, count = rng.uniform(20, 80), np.exp(rng.normal(np.log(5.5), 0.25))
-    dob = AGE_REFERENCE_DATE - timedelta(days=int(age * 365.25))
-    dob_text = f"{dob.day:02d}-{dob.month:02d}-{dob.year}" if rng.random() < 0.25 else f"{dob.month}/{dob.day}/{dob.year}"
-    gender = rng.choice(["M", "F"])
-    gender = gender.lower() if rng.random() < 0.08 else gender
-    return {"ID": pid, "LABEL": label, "GENDER": gender, "DOB": dob_text,
-            "LYMPH_COUNT": round(float(np.clip(count, 4.1, 250)), 2), "split": split}
+        x = np.exp(rng.normal(np.log(5.4), 0.28))
+    return round(float(np.clip(x, 3.5, 250.0)), int(rng.integers(1, 3)))
 
 
-def _write_bag(folder: Path, rng: np.random.Generator, label: int, cells: tuple[int, int]) -> None:
-    """16-40 cell JPEGs for one patient; tumoral bags carry 15-45% atypical cells, reactive 0-15%."""
+def _format_dob(age: float, dash: bool) -> str:
+    """Date of birth of a given age, written M/D/YYYY or (quirk) DD-MM-YYYY."""
+    d = AGE_REFERENCE_DATE - timedelta(days=int(age * 365.25))
+    return f"{d.day:02d}-{d.month:02d}-{d.year}" if dash else f"{d.month}/{d.day}/{d.year}"
+
+
+def _quirk_flags(rng: np.random.Generator, n: int, p: float, force: bool) -> np.ndarray:
+    """Boolean flags with probability p; at least one set when force and n > 0."""
+    flags = rng.random(n) < p
+    if force and n > 0 and not flags.any():
+        flags[int(rng.integers(n))] = True
+    return flags
+
+
+def _genders(rng: np.random.Generator, n: int, force_lower: bool) -> list[str]:
+    """Random M/F with an occasional lowercase f (at least one when force_lower)."""
+    genders = ["F" if g else "M" for g in rng.random(n) < 0.5]
+    females = [i for i, g in enumerate(genders) if g == "F"]
+    lower = _quirk_flags(rng, len(females), 0.03, force_lower)
+    for i, flag in zip(females, lower):
+        genders[i] = "f" if flag else "F"
+    return genders
+
+
+def _image_params(rng: np.random.Generator, label: int) -> dict:
+    """Hidden per-patient image parameters (atypia share, magnification, stain tint)."""
+    atyp = rng.uniform(0.25, 0.6) if label == 1 else rng.uniform(0.0, 0.08)
+    react = rng.uniform(0.0, 0.12) if label == 1 else rng.uniform(0.05, 0.3)
+    return {
+        "atypical_share": float(atyp),
+        "reactive_share": float(react),
+        "scale": float(rng.uniform(0.94, 1.06)),
+        "stain": tuple(float(v) for v in rng.normal(0.0, 3.5, 3)),
+    }
+
+
+def _split_specs(rng: np.random.Generator, split: str, pids: np.ndarray,
+                 cells: tuple[int, int]) -> list[PatientSpec]:
+    """Patient specs of one split, rows already shuffled."""
+    n = len(pids)
+    labels = np.zeros(n, int)
+    labels[: _n_tumoral(n)] = 1
+    labels = rng.permutation(labels)
+    dash = _quirk_flags(rng, n, 0.1, force=n >= 3)
+    genders = _genders(rng, n, force_lower=split == "train")
+    specs = []
+    for i in range(n):
+        lab = int(labels[i])
+        specs.append(PatientSpec(
+            pid=int(pids[i]), split=split, label=lab, gender=genders[i],
+            dob=_format_dob(_sample_age(rng, lab), bool(dash[i])),
+            lymph_count=_sample_lymph(rng, lab),
+            n_cells=int(rng.integers(cells[0], cells[1] + 1)), **_image_params(rng, lab)))
+    return specs
+
+
+def sample_patients(n_train: int, n_test: int, cells: tuple[int, int] = (16, 40),
+                    seed: int = 0) -> list[PatientSpec]:
+    """Deterministic patient specs: train rows then test rows, distinct random-looking IDs."""
+    _validate(n_train, n_test, cells, seed)
+    rng = np.random.default_rng([seed, 1234])
+    pids = rng.choice(max(250, 3 * (n_train + n_test)), n_train + n_test, replace=False)
+    return (_split_specs(rng, "train", pids[:n_train], cells)
+            + _split_specs(rng, "test", pids[n_train:], cells))
+
+
+def _validate(n_train: int, n_test: int, cells: tuple[int, int], seed: int) -> None:
+    """Raise DataError on impossible generator parameters."""
+    if int(seed) != seed or seed < 0:
+        raise DataError(f"demo: seed must be a non-negative integer, got {seed!r}")
+    if n_train < 2 or n_test < 1:
+        raise DataError(f"demo: need n_train >= 2 and n_test >= 1, got {n_train}/{n_test}")
+    if len(cells) != 2 or not 1 <= cells[0] <= cells[1]:
+        raise DataError(f"demo: cells must be (lo, hi) with 1 <= lo <= hi, got {cells}")
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+@functools.lru_cache(maxsize=8)
+def _trig(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """cos/sin of n polygon angles and of harmonics 2..6 of them (cached)."""
+    theta = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    k = np.arange(2, 7)[:, None]
+    return np.cos(theta), np.sin(theta), np.cos(k * theta), np.sin(k * theta)
+
+
+def _blobs(centres: np.ndarray, radii: np.ndarray, amps: np.ndarray,
+           rng: np.random.Generator, n: int = 48) -> np.ndarray:
+    """(k, n, 2) fixed-point (shift 4) polygons: radii perturbed by harmonics 2, 3, ..."""
+    cos_t, sin_t, cos_k, sin_k = _trig(n)
+    amps = np.atleast_2d(np.asarray(amps, float))
+    m = amps.shape[1]
+    phi = rng.uniform(0, 2 * np.pi, amps.shape)
+    wave = (amps * np.cos(phi)) @ cos_k[:m] - (amps * np.sin(phi)) @ sin_k[:m]
+    r = np.asarray(radii, float).reshape(-1, 1) * (1.0 + wave)
+    c = np.asarray(centres, float).reshape(-1, 1, 2)
+    pts = c + r[..., None] * np.stack([cos_t, sin_t], 1)[None]
+    return np.round(pts * 16).astype(np.int32)
+
+
+def _blob(center: np.ndarray, radius: float, amps: np.ndarray,
+          rng: np.random.Generator, n: int = 48) -> np.ndarray:
+    """One closed polygon (fixed point, shift 4), see _blobs."""
+    return _blobs(np.asarray(center), np.array([radius]), amps, rng, n)[0]
+
+
+def _colour(base: np.ndarray, tint: np.ndarray, rng: np.random.Generator,
+            jitter: float) -> tuple[float, ...]:
+    """BGR colour tuple for cv2 drawing: base + patient tint + random jitter."""
+    c = base + tint + rng.normal(0.0, jitter, 3)
+    return tuple(float(v) for v in np.clip(c, 0, 255))
+
+
+def _fp(p: np.ndarray) -> tuple[int, int]:
+    """Fixed-point (shift 4) integer point for cv2."""
+    return int(round(p[0] * 16)), int(round(p[1] * 16))
+
+
+def _background(rng: np.random.Generator, tint: np.ndarray) -> np.ndarray:
+    """Pale pinkish plasma with a smooth mottled texture (uint8 BGR)."""
+    small = (_PLASMA + tint)[None, None, :] + rng.normal(0.0, 5.0, (6, 6, 1))
+    small = np.clip(small, 0, 255).astype(np.uint8)
+    return cv2.resize(small, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
+
+
+def _place_discs(rng: np.random.Generator, centre: np.ndarray, keep_out: float,
+                 scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Red-cell centres (k, 2) and radii (k,): may overlap a little, some cut by the border."""
+    n = int(rng.integers(16, 28))
+    cand = rng.uniform(-18, IMAGE_SIZE + 18, (n * 4, 2))
+    radii = rng.uniform(17.5, 21.5, n * 4) * scale
+    far = np.hypot(*(cand - centre).T) >= keep_out + 0.5 * radii
+    cand, radii = cand[far], radii[far]
+    diff = cand[:, None, :] - cand[None, :, :]
+    dist2 = diff[..., 0] ** 2 + diff[..., 1] ** 2
+    clash = dist2 < (1.55 * radii[None, :]) ** 2  # clash[i, j]: candidate i too close to disc j
+    blocked, keep = np.zeros(len(cand), bool), []
+    for i in range(len(cand)):
+        if len(keep) >= n:
+            break
+        if not blocked[i]:
+            keep.append(i)
+            blocked |= clash[:, i]
+    return cand[keep], radii[keep]
+
+
+def _red_cells(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray,
+               discs: tuple[np.ndarray, np.ndarray]) -> None:
+    """Draw pale mauve red cells with a darker rim and a central pallor (in place)."""
+    centres, radii = discs
+    k = len(radii)
+    jitter = rng.normal(0.0, 4.0, (k, 3))
+    body = np.clip(_RBC + tint + jitter, 0, 255)
+    edge = np.clip(0.5 * body + 0.5 * (_RBC_EDGE + tint), 0, 255).tolist()
+    pallor = np.clip(0.6 * body + 0.4 * (_RBC_PALLOR + tint + jitter), 0, 255).tolist()
+    polys = _blobs(centres, radii, rng.normal(0, 0.03, (k, 2)), rng, 24)
+    pal = np.round(np.c_[centres * 16, 0.5 * radii * 16]).astype(int).tolist()
+    for i, b in enumerate(body.tolist()):
+        cv2.fillPoly(img, [polys[i]], b, cv2.LINE_AA, 4)
+        cv2.polylines(img, [polys[i]], True, edge[i], 1, cv2.LINE_AA, 4)
+        cv2.circle(img, (pal[i][0], pal[i][1]), pal[i][2], pallor[i], -1, cv2.LINE_AA, 4)
+
+
+def _platelets(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray) -> None:
+    """A few small purple granular dots (platelets) in some images (in place)."""
+    for _ in range(int(rng.poisson(0.8))):
+        c = rng.uniform(5, IMAGE_SIZE - 5, 2)
+        colour = _colour(_PLATELET, tint, rng, 8.0)
+        for _ in range(int(rng.integers(3, 7))):
+            p = c + rng.normal(0, 2.0, 2)
+            cv2.circle(img, _fp(p), int(rng.uniform(0.8, 2.0) * 16), colour, -1, cv2.LINE_AA, 4)
+
+
+def _cell_shape(kind: str, rng: np.random.Generator, scale: float) -> dict:
+    """Nucleus / cytoplasm geometry and chromatin texture for one cell kind."""
+    if kind == "atypical":  # large, lobulated or cleaved, coarse chromatin
+        r_n, rim = rng.uniform(30.0, 39.0), rng.uniform(3.0, 9.0)
+        amps = np.abs(rng.normal(0, [0.08, 0.06, 0.03]))
+        grain, amp, notch, specks = 2.6, 30.0, rng.random() < 0.55, int(rng.integers(6, 16))
+    elif kind == "reactive":  # larger, abundant pale cytoplasm, fine chromatin
+        r_n, rim = rng.uniform(25.0, 32.0), rng.uniform(12.0, 22.0)
+        amps, grain, amp, notch, specks = rng.normal(0, 0.03, 3), 1.5, 18.0, False, 0
+    else:  # small mature lymphocyte, thin rim
+        r_n, rim = rng.uniform(21.0, 28.0), rng.uniform(2.0, 6.0)
+        amps, grain, amp, notch, specks = rng.normal(0, 0.025, 3), 1.3, 16.0, False, 0
+    return {"r_n": r_n * scale, "rim": rim * scale, "amps": amps, "grain": grain,
+            "amp": amp, "notch": notch, "specks": specks}
+
+
+def _cytoplasm(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray,
+               centre: np.ndarray, radius: float) -> None:
+    """Pale blue-grey cytoplasm with a darker outline (in place)."""
+    poly = _blob(centre, radius, rng.normal(0, 0.04, 3), rng)
+    cv2.fillPoly(img, [poly], _colour(_CYTO, tint, rng, 5.0), cv2.LINE_AA, 4)
+    cv2.polylines(img, [poly], True, _colour(_CYTO_EDGE, tint, rng, 4.0), 2, cv2.LINE_AA, 4)
+
+
+def _nucleus_alpha(rng: np.random.Generator, shape: dict, local: np.ndarray,
+                   size: int) -> np.ndarray:
+    """Anti-aliased nucleus mask (size, size, 1) in a crop; notched when cleaved."""
+    m = np.zeros((size, size), np.uint8)
+    r_n = shape["r_n"]
+    cv2.fillPoly(m, [_blob(local, r_n, shape["amps"], rng)], 255, cv2.LINE_AA, 4)
+    if shape["notch"]:
+        ang = rng.uniform(0, 2 * np.pi)
+        at = local + 0.95 * r_n * np.array([np.cos(ang), np.sin(ang)])
+        cv2.circle(m, _fp(at), int(rng.uniform(0.25, 0.4) * r_n * 16), 0, -1, cv2.LINE_AA, 4)
+    return (m.astype(np.float32) / 255.0)[..., None]
+
+
+def _chromatin(rng: np.random.Generator, shape: dict, size: int,
+               colour: np.ndarray) -> np.ndarray:
+    """Textured nucleus colour (size, size, 3): blurred noise plus dark clumps."""
+    noise = rng.standard_normal((size, size), np.float32)
+    tex = cv2.GaussianBlur(noise, (0, 0), shape["grain"])
+    tex *= shape["amp"] / (tex.std() + 1e-6)
+    for _ in range(shape["specks"]):
+        p = rng.uniform(0.25, 0.75, 2) * size
+        cv2.circle(tex, _fp(p), int(rng.uniform(1.5, 3.5) * 16), 45.0, -1, cv2.LINE_AA, 4)
+    return colour[None, None, :] - tex[..., None]
+
+
+def _nucleus(img: np.ndarray, rng: np.random.Generator, tint: np.ndarray,
+             centre: np.ndarray, shape: dict) -> None:
+    """Composite a dark purple textured nucleus around centre (in place, crop only)."""
+    half = int(shape["r_n"] * 1.3) + 3
+    x0, y0, size = int(centre[0]) - half, int(centre[1]) - half, 2 * half
+    xa, ya = max(x0, 0), max(y0, 0)
+    xb, yb = min(x0 + size, IMAGE_SIZE), min(y0 + size, IMAGE_SIZE)
+    inner = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+    alpha = _nucleus_alpha(rng, shape, centre - np.array([x0, y0], float), size)[inner]
+    colour = (_NUCLEUS + tint + rng.normal(0, 5.0, 3)).astype(np.float32)
+    tex = _chromatin(rng, shape, size, colour)[inner]
+    crop = img[ya:yb, xa:xb].astype(np.float32)
+    img[ya:yb, xa:xb] = np.clip(crop * (1 - alpha) + tex * alpha, 0, 255).astype(np.uint8)
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
+    """Slight optical blur plus sensor noise (a random crop of a noise bank)."""
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.6, 1.0))
+    oy, ox = rng.integers(0, noise.shape[1] - IMAGE_SIZE + 1, 2)
+    pos, neg = noise[:, oy:oy + IMAGE_SIZE, ox:ox + IMAGE_SIZE]
+    return cv2.subtract(cv2.add(img, pos), neg)
+
+
+def noise_bank(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """Sensor-noise bank (2, size, size, 3) uint8: positive / negative parts, cropped per image."""
+    n = np.round(rng.standard_normal((size, size, 3), np.float32) * 2.5)
+    return np.stack([np.clip(n, 0, 255), np.clip(-n, 0, 255)]).astype(np.uint8)
+
+
+def render_cell(rng: np.random.Generator, kind: str, scale: float = 1.0,
+                stain: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                noise: np.ndarray | None = None) -> np.ndarray:
+    """One 224x224 BGR uint8 smear image of a 'typical', 'reactive' or 'atypical' lymphocyte."""
+    if kind not in ("typical", "reactive", "atypical"):
+        raise DataError(f"demo: unknown cell kind {kind!r}")
+    tint = np.asarray(stain, np.float64)
+    centre = IMAGE_SIZE / 2 + rng.normal(0, 6.0, 2)
+    shape = _cell_shape(kind, rng, scale)
+    img = _background(rng, tint)
+    _red_cells(img, rng, tint, _place_discs(rng, centre, shape["r_n"] + shape["rim"], scale))
+    _platelets(img, rng, tint)
+    _cytoplasm(img, rng, tint, centre, shape["r_n"] + shape["rim"])
+    off = centre + rng.normal(0, 0.25, 2) * shape["rim"]
+    _nucleus(img, rng, tint, off, shape)
+    return _finish(img, rng, noise_bank(rng, IMAGE_SIZE) if noise is None else noise)
+
+
+def _cell_kinds(rng: np.random.Generator, spec: PatientSpec) -> list[str]:
+    """Kind of each cell of a patient, drawn from its atypical / reactive shares."""
+    u = rng.random(spec.n_cells)
+    a, r = spec.atypical_share, spec.reactive_share
+    return ["atypical" if x < a else "reactive" if x < a + r else "typical" for x in u]
+
+
+def _write_patient_images(folder: Path, spec: PatientSpec, seed: int) -> None:
+    """Render and JPEG-encode all cells of one patient (own RNG stream per patient)."""
     folder.mkdir(parents=True)
-    n = int(rng.integers(cells[0], cells[1] + 1))
-    share = rng.uniform(0.15, 0.45) if label else rng.uniform(0.0, 0.15)
-    for k in range(n):
-        img = draw_cell(rng, atypical=bool(rng.random() < share))
-        ok, data = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        (folder / f"{k:06d}.jpg").write_bytes(data.tobytes())
+    rng = np.random.default_rng([seed, spec.pid, 77])
+    noise = noise_bank(rng)
+    for i, kind in enumerate(_cell_kinds(rng, spec)):
+        img = render_cell(rng, kind, spec.scale, spec.stain, noise)
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise DataError(f"demo: JPEG encoding failed for {folder / f'{i:06d}.jpg'}")
+        (folder / f"{i:06d}.jpg").write_bytes(buf.tobytes())
 
 
-def draw_cell(rng: np.random.Generator, atypical: bool) -> np.ndarray:
-    """One 224x224 RGB smear image with a lymphocyte near the centre."""
-    img = _background(rng)
-    centre = np.array([SIZE / 2, SIZE / 2]) + rng.normal(0, 5, 2)
-    nucleus_r = rng.uniform(29, 40) if atypical else rng.uniform(20, 30)
-    cyto_r = nucleus_r + rng.uniform(5, 14)
-    cv2.circle(img, _pt(centre + rng.normal(0, 2, 2)), int(cyto_r), _jitter(rng, (185, 180, 218), 8), -1, cv2.LINE_AA)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    cv2.fillPoly(mask, [_blob(rng, centre, nucleus_r, irregular=0.22 if atypical else 0.06)], 1)
-    half = rng.standard_normal((SIZE // 2, SIZE // 2), dtype=np.float32)
-    texture = cv2.resize(cv2.GaussianBlur(half, (0, 0), 1.3 if atypical else 0.6), (SIZE, SIZE))
-    strength = 30 if atypical else 16
-    nucleus = np.float32(_jitter(rng, (90, 50, 140), 10))[None, None] + strength * texture[..., None]
-    img = np.where(mask[..., None] == 1, nucleus, img.astype(np.float32))
-    img = cv2.GaussianBlur(img, (3, 3), 0.8) + 3 * rng.standard_normal(img.shape, dtype=np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+# ----------------------------------------------------------------------------- files
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """Pink textured background with a few pale red cells, some cut by the border."""
-    base = np.float32(_jitter(rng, (236, 222, 205), 3))
-    low = cv2.resize(rng.standard_normal((8, 8), dtype=np.float32), (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
-    img = (base[None, None] + 5 * low[..., None]).clip(0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(3, 8))):
-        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(75, 130)
-        c = SIZE / 2 + dist * np.array([np.cos(angle), np.sin(angle)])
-        r = int(rng.uniform(22, 32))
-        cv2.circle(img, _pt(c), r, _jitter(rng, (200, 178, 200), 6), -1, cv2.LINE_AA)
-        cv2.circle(img, _pt(c), r // 2, _jitter(rng, (215, 195, 210), 5), -1, cv2.LINE_AA)
-    return img
+def _write_csv(path: Path, rows: list[tuple]) -> None:
+    """Write rows under the real header, LF line endings, deterministic formatting."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(COLUMNS)
+        w.writerows(rows)
 
 
-def _blob(rng: np.random.Generator, centre: np.ndarray, radius: float, irregular: float) -> np.ndarray:
-    """Closed polygon around ``centre``: a smooth radial wobble (and a cleft when irregular)."""
-    theta = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    wobble = sum(rng.normal(0, irregular / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
-    if irregular > 0.1:
-        wobble -= 0.35 * np.exp(-((theta - rng.uniform(0, 2 * np.pi) + np.pi) % (2 * np.pi) - np.pi) ** 2 / 0.05)
-    r = radius * (1 + wobble) * np.array([1.0, rng.uniform(0.8, 1.0)])[:, None]
-    pts = centre[:, None] + r * np.stack([np.cos(theta), np.sin(theta)])
-    return np.round(pts.T).astype(np.int32)
+def _row(spec: PatientSpec, hide_label: bool) -> tuple:
+    """CSV row of a patient (LABEL -1 for the test set)."""
+    label = -1 if hide_label else spec.label
+    return (spec.id, label, spec.gender, spec.dob, repr(spec.lymph_count))
 
 
-def _jitter(rng: np.random.Generator, colour: tuple, spread: float) -> tuple:
-    """A colour with a little random variation per channel."""
-    return tuple(float(np.clip(c + rng.normal(0, spread), 0, 255)) for c in colour)
+def _write_tables(tmp: Path, specs: list[PatientSpec]) -> None:
+    """trainset_true.csv, testset_data.csv and the demo-only test truth."""
+    train = [s for s in specs if s.split == "train"]
+    test = [s for s in specs if s.split == "test"]
+    _write_csv(tmp / "trainset" / "trainset_true.csv", [_row(s, False) for s in train])
+    _write_csv(tmp / "testset" / "testset_data.csv", [_row(s, True) for s in test])
+    with (tmp / TRUTH_NAME).open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("ID", "LABEL"))
+        w.writerows((s.id, s.label) for s in test)
 
 
-def _pt(xy: np.ndarray) -> tuple[int, int]:
-    return int(round(xy[0])), int(round(xy[1]))
+def _params(n_train: int, n_test: int, cells: tuple[int, int], seed: int) -> dict:
+    """Parameters recorded in the completion marker."""
+    return {"version": GENERATOR_VERSION, "n_train": int(n_train), "n_test": int(n_test),
+            "cells": [int(cells[0]), int(cells[1])], "seed": int(seed)}
+
+
+def _is_complete(root: Path, params: dict) -> bool:
+    """True when root holds a finished demo made with the same parameters."""
+    try:
+        return json.loads((root / MARKER_NAME).read_text()) == params
+    except (OSError, ValueError):
+        return False
+
+
+def _check_replaceable(root: Path) -> None:
+    """Refuse to replace anything but a missing/empty directory or an earlier demo."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"{root}: exists and is not a directory; refusing to overwrite")
+    if not (root / MARKER_NAME).exists() and any(root.iterdir()):
+        raise DataError(f"{root}: exists and is not a demo dataset; refusing to overwrite")
+
+
+def _replace_dir(tmp: Path, root: Path) -> None:
+    """Move the finished tmp build onto root; an earlier demo is moved aside and deleted."""
+    if root.exists():
+        old = root.with_name(root.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        root.rename(old)
+        shutil.rmtree(old)
+    tmp.rename(root)
+
+
+def _build(tmp: Path, specs: list[PatientSpec], seed: int, progress: bool) -> None:
+    """Write every image and table of the demo into tmp (marker excluded)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "trainset").mkdir(parents=True)
+    (tmp / "testset").mkdir()
+    for s in tqdm(specs, desc="demo patients", disable=not progress):
+        _write_patient_images(tmp / f"{s.split}set" / s.id, s, seed)
+    _write_tables(tmp, specs)
+    (tmp / "DEMO_README.txt").write_text(_README)
+
+
+_README = (
+    "Synthetic DEMO data generated by lib/demo.py (not patient data).\n"
+    f"{TRUTH_NAME} holds the test labels so the demo can score its own submission;\n"
+    "it exists only in this demo, never in the real competition data.\n"
+)
+
+
+def generate_demo(root: Path, n_train: int = 30, n_test: int = 10,
+                  cells: tuple[int, int] = (16, 40), seed: int = 0,
+                  progress: bool = True) -> Path:
+    """Build (or reuse) a deterministic synthetic competition directory at root."""
+    root = Path(root)
+    _validate(n_train, n_test, cells, seed)
+    params = _params(n_train, n_test, cells, seed)
+    if _is_complete(root, params):
+        return root
+    _check_replaceable(root)
+    tmp = root.with_name(root.name + ".tmp")
+    _build(tmp, sample_patients(n_train, n_test, cells, seed), seed, progress)
+    (tmp / MARKER_NAME).write_text(json.dumps(params, sort_keys=True))
+    _replace_dir(tmp, root)
+    return root
