@@ -1,6 +1,8 @@
 """Benchmark: repeated 5-fold CV of the clinical model (fold seeds 42..46), BA and AUC mean±std.
 
 Usage: python benchmarks/bench_clinical.py [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44 45 46]
+       [--feature-sets clinical clinical+morpho clinical+morpho-shuffled]
+Several feature sets are run on the same folds, the first being the baseline of the block.
 Each seed's fold file is read from folds/ (created once on first use). Prints the numbers and appends a
 dated block to BENCHMARKS.md (unless --no-append).
 """
@@ -27,18 +29,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46], help="fold seeds")
     parser.add_argument("--n-folds", type=int, default=5)
-    parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS))
+    parser.add_argument("--feature-sets", nargs="+", default=["clinical"], choices=sorted(FEATURE_SETS))
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
     return parser.parse_args(argv)
 
 
-def run_seed(args: argparse.Namespace, seed: int, runs_dir: Path) -> dict:
+def run_seed(args: argparse.Namespace, feature_set: str, seed: int, runs_dir: Path) -> dict:
     """One cross-validation of the clinical model on the folds of one seed; its metrics."""
     try:
         return train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
-                                    "--n-folds", str(args.n_folds), "--feature-set", args.feature_set,
-                                    "--runs-dir", str(runs_dir), "--experiment", f"bench_clinical_s{seed}"])
+                                    "--n-folds", str(args.n_folds), "--feature-set", feature_set,
+                                    "--runs-dir", str(runs_dir), "--experiment", f"bench_{feature_set}_s{seed}"])
     finally:
         detach_file_logs()
 
@@ -69,11 +71,13 @@ def summary_lines(results: dict[int, dict], feature_set: str, seconds: float) ->
 def main(argv: list[str] | None = None) -> list[str]:
     """Run every seed, print the summary and append it to BENCHMARKS.md."""
     args = parse_args(argv)
-    start = time.perf_counter()
+    lines = [f"- data: {args.data_dir}"]
     with tempfile.TemporaryDirectory(prefix="bench_clinical_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
-        results = {seed: run_seed(args, seed, runs_dir) for seed in args.seeds}
-    lines = [f"- data: {args.data_dir}"] + summary_lines(results, args.feature_set, time.perf_counter() - start)
+        for feature_set in args.feature_sets:
+            began = time.perf_counter()
+            results = {seed: run_seed(args, feature_set, seed, runs_dir) for seed in args.seeds}
+            lines += summary_lines(results, feature_set, time.perf_counter() - began)
     print("\n".join(lines))
     if not args.no_append:
         command = " ".join(["python", "benchmarks/bench_clinical.py"] + sys.argv[1:])

@@ -3,7 +3,8 @@
 - ``clinical``: age, log lymphocyte count, male indicator (lib.clinical.CLINICAL_FEATURES);
 - ``clinical+ncells``: the same plus ``log_n_images`` (log of the number of cells in the bag);
 - ``clinical+morpho``: the clinical features plus pooled per-cell morphometry
-  (``lib.morphometry_features.pooled_morphometry``, imported only when that set is asked for).
+  (``lib.morphometry_features.pooled_morphometry``, imported only when that set is asked for);
+- ``clinical+morpho-shuffled``: a control, morphometry rows permuted across patients (seeded).
 """
 from collections.abc import Callable
 
@@ -37,10 +38,20 @@ def morpho_table(dataset: Dataset) -> pd.DataFrame:
     return clinical_table(dataset).join(morpho.loc[dataset.patients.index].astype(float))
 
 
+def shuffled_morpho_table(dataset: Dataset, seed: int = 0) -> pd.DataFrame:
+    """Control: morphometry rows permuted across patients (label-free noise with the same distribution)."""
+    table = morpho_table(dataset)
+    morpho = table.columns.difference(CLINICAL_FEATURES, sort=False)
+    order = np.random.default_rng(seed).permutation(len(table))
+    table[morpho] = table[morpho].to_numpy()[order]
+    return table
+
+
 FEATURE_SETS: dict[str, Callable[[Dataset], pd.DataFrame]] = {
     "clinical": clinical_table,
     "clinical+ncells": ncells_table,
     "clinical+morpho": morpho_table,
+    "clinical+morpho-shuffled": shuffled_morpho_table,
 }
 
 

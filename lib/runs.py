@@ -16,7 +16,8 @@ from lib.io import atomic_write_csv, atomic_write_json, atomic_write_text, atomi
 from lib.paths import REPO_DIR
 
 log = logging.getLogger(__name__)
-NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "trials", "nested_trials"}
+NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "trials", "nested_trials",
+                          "progress", "embed_batch", "cache_dir", "verbose"}
 
 
 def code_version() -> dict:

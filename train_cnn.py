@@ -1,0 +1,44 @@
+"""CNN stage: MIL on bags of cell images, frozen-embedding (embed) or end-to-end (finetune) regime.
+
+Examples:
+  python train_cnn.py -c configs/cnn_cpu.yaml                     # demo data, CPU preset (< 1 min)
+  python train_cnn.py -c configs/cnn_cpu.yaml --data-dir ../shared/data/lymphocytosis --experiment cnn_real
+  python train_cnn.py -c configs/cnn_cpu.yaml --head mean --experiment cnn_mean     # reuses the embedding cache
+  python train_cnn.py -c configs/cnn_gpu.yaml --data-dir ../shared/data/lymphocytosis   # finetune on a GPU
+  python train_cnn.py ... --folds 0 1 ; then --resume runs the other folds (finished folds are skipped)
+Writes runs/<experiment>/ (see lib/training/stage.py for the layout).
+"""
+import argparse
+
+from lib.cli import open_stage, resolve_data_dir, run_main
+from lib.config import add_common_args, parse_config
+from lib.data import load_dataset
+from lib.training.stage import add_cnn_args, check_data, check_options, run_cnn
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Common options plus the CNN stage's own."""
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                                     epilog="\n".join(__doc__.splitlines()[2:])))
+    return add_cnn_args(parser)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Validate the inputs, then cross-validate the CNN; return the OOF metrics."""
+    args = parse_config(build_parser(), argv)
+    setup = check_options(args)
+    args.data_dir = resolve_data_dir(args.data_dir)
+    check_data(args, load_dataset(args.data_dir))
+    stage = open_stage(args, default_experiment=f"cnn_{args.regime}")
+    metrics = run_cnn(stage, setup)
+    if "ba_mean" in metrics:
+        print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
+              f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds) -> {stage.run_dir}")
+    else:
+        print(f"{stage.args.experiment}: folds {metrics['folds_done']} done -> {stage.run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
