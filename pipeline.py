@@ -1,6 +1,8 @@
 """The whole pipeline on one data directory, each stage a script run in turn, up to submission.csv.
 
-Re-running it resumes: finished folds and trials are kept, only missing work is done.
+Stages: prepare (validate + folds) -> clinical -> clinical+morphometry -> CNN (mean head, the CPU
+preset) -> CNN (attention head on the same cached embeddings, whose cell weights the report shows) ->
+ensemble -> report -> submission. Re-running it resumes: finished folds and trials are kept.
 """
 import argparse
 import subprocess
@@ -12,11 +14,15 @@ from lib.cli import resolve_data_dir, run_main
 from lib.data import load_dataset
 from lib.paths import REPO_DIR, RUNS_DIR
 
+MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="competition directory (default: the embedded demo data)")
     parser.add_argument("--out", type=Path, default=REPO_DIR / "submission.csv")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="parent of the run directories")
+    parser.add_argument("--fold-seed", type=int, default=42, help="which committed fold file to use")
     parser.add_argument("--cnn-config", default="configs/cnn_cpu.yaml", help="train_cnn.py preset")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
     return parser.parse_args(argv)
@@ -25,34 +31,42 @@ def parse_args(argv=None) -> argparse.Namespace:
 def stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(name, script + arguments) of every stage, in order."""
     data = ["--data-dir", str(data_dir)]
-    runs = {name: f"{tag}/{name}" for name in ("clinical", "morpho", "cnn", "ensemble")}
+    common = [*data, "--runs-dir", str(args.runs_dir), "--fold-seed", str(args.fold_seed), "--resume"]
+    run = {name: f"{tag}/{name}" for name in (*MODELS, "ensemble")}
+    ensemble_dir = str(args.runs_dir / run["ensemble"])
     return [
-        ("prepare", ["prepare_data.py", *data]),
-        ("clinical", ["train_clinical.py", *data, "--experiment", runs["clinical"], "--resume"]),
-        ("morpho", ["train_clinical.py", *data, "--feature-set", "clinical+morpho",
-                    "--experiment", runs["morpho"], "--resume"]),
-        ("cnn", ["train_cnn.py", "-c", args.cnn_config, *data, "--experiment", runs["cnn"], "--resume"]),
-        ("ensemble", ["ensemble.py", "--runs", *(str(RUNS_DIR / runs[n]) for n in ("clinical", "morpho", "cnn")),
-                      "--experiment", runs["ensemble"], "--trials", str(args.trials), "--resume"]),
-        ("report", ["report.py", "--ensemble", str(RUNS_DIR / runs["ensemble"]), *data]),
-        ("submission", ["make_submission.py", *data, "--ensemble", str(RUNS_DIR / runs["ensemble"]),
-                        "--out", str(args.out)]),
+        ("prepare", ["prepare_data.py", *data, "--fold-seed", str(args.fold_seed)]),
+        ("clinical", ["train_clinical.py", *common, "--experiment", run["clinical"]]),
+        ("morpho", ["train_clinical.py", *common, "--feature-set", "clinical+morpho", "--experiment", run["morpho"]]),
+        ("cnn", ["train_cnn.py", "-c", args.cnn_config, *common, "--experiment", run["cnn"]]),
+        ("cnn_attention", ["train_cnn.py", "-c", args.cnn_config, *common, "--head", "attention",
+                           "--experiment", run["cnn_attention"]]),
+        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / run[m]) for m in MODELS),
+                      "--runs-dir", str(args.runs_dir), "--experiment", run["ensemble"],
+                      "--trials", str(args.trials), "--resume"]),
+        ("report", ["report.py", "--ensemble", ensemble_dir, *data]),
+        ("submission", ["make_submission.py", *data, "--ensemble", ensemble_dir, "--out", str(args.out)]),
     ]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict[str, float]:
+    """Run every stage; return the wall time of each (seconds)."""
     args = parse_args(argv)
+    args.runs_dir = args.runs_dir.resolve()
     data_dir = resolve_data_dir(args.data_dir)
-    tag = load_dataset(data_dir).name
-    start = time.perf_counter()
+    tag = f"{load_dataset(data_dir).name}_s{args.fold_seed}"
+    start, seconds = time.perf_counter(), {}
     for name, command in stages(data_dir, tag, args):
         print(f"\n=== {name}: {' '.join(command)}", flush=True)
         began = time.perf_counter()
         done = subprocess.run([sys.executable, *command], cwd=REPO_DIR)
         if done.returncode:
             sys.exit(f"pipeline: stage {name} failed (exit {done.returncode}); fix it and re-run to resume")
-        print(f"=== {name}: {time.perf_counter() - began:.0f} s", flush=True)
-    print(f"\npipeline: {args.out} written in {time.perf_counter() - start:.0f} s; runs in {RUNS_DIR / tag}")
+        seconds[name] = time.perf_counter() - began
+        print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
+    print(f"\npipeline: {args.out} written in {time.perf_counter() - start:.0f} s; "
+          f"runs in {args.runs_dir / tag}, report {args.runs_dir / tag / 'ensemble' / 'report' / 'index.html'}")
+    return seconds
 
 
 if __name__ == "__main__":
