@@ -195,20 +195,26 @@ class MILHead(nn.Module):
         raise NotImplementedError
 
 
-class MeanHead(MILHead):
+class TwoModeHead(MILHead):
+    """A head that pools embeddings (then a classifier) or instance scores (plus a clinical term)."""
+
+    default_mode = "embedding"
+
+    def __init__(self, in_dim: int, clinical_dim: int = 0, hidden_dim: int = 128, dropout: float = 0.0,
+                 mode: str | None = None) -> None:
+        super().__init__(in_dim, clinical_dim, hidden_dim, dropout)
+        self.mode = _check_mode(mode or self.default_mode)
+        if self.mode == "embedding":
+            self.classifier = FusionClassifier(hidden_dim, clinical_dim, dropout)
+        else:
+            self.score, self.clinical_term = nn.Linear(hidden_dim, 1), ClinicalTerm(clinical_dim)
+
+
+class MeanHead(TwoModeHead):
     """Mean pooling. mode='embedding': classify the mean embedding; mode='score': mean of instance logits.
 
     weights = 1/n per cell (sum to one).
     """
-
-    def __init__(self, in_dim: int, clinical_dim: int = 0, hidden_dim: int = 128, dropout: float = 0.0,
-                 mode: str = "embedding") -> None:
-        super().__init__(in_dim, clinical_dim, hidden_dim, dropout)
-        self.mode = _check_mode(mode)
-        if mode == "embedding":
-            self.classifier = FusionClassifier(hidden_dim, clinical_dim, dropout)
-        else:
-            self.score, self.clinical_term = nn.Linear(hidden_dim, 1), ClinicalTerm(clinical_dim)
 
     def pool(self, h, mask, clinical, anomaly):
         """Mean of embeddings (then classifier) or mean of instance scores (+ clinical term)."""
@@ -220,20 +226,13 @@ class MeanHead(MILHead):
         return {"logit": logit, "weights": weights, "scores": scores}
 
 
-class MaxHead(MILHead):
+class MaxHead(TwoModeHead):
     """Max pooling. mode='score' (default, mi-Net style): max of instance logits, weights one-hot on the argmax cell;
     mode='embedding': element-wise max of the embedding then classifier, weights = share of embedding
     dimensions each cell wins. Weights sum to one in both modes.
     """
 
-    def __init__(self, in_dim: int, clinical_dim: int = 0, hidden_dim: int = 128, dropout: float = 0.0,
-                 mode: str = "score") -> None:
-        super().__init__(in_dim, clinical_dim, hidden_dim, dropout)
-        self.mode = _check_mode(mode)
-        if mode == "embedding":
-            self.classifier = FusionClassifier(hidden_dim, clinical_dim, dropout)
-        else:
-            self.score, self.clinical_term = nn.Linear(hidden_dim, 1), ClinicalTerm(clinical_dim)
+    default_mode = "score"
 
     def pool(self, h, mask, clinical, anomaly):
         """Max of instance scores (+ clinical term) or element-wise max embedding (then classifier)."""
