@@ -3,13 +3,16 @@
 Example: ``python train_clinical.py --data-dir ../shared/data/lymphocytosis --experiment clinical_real``
 (no --data-dir: the embedded demo data). Writes runs/<experiment>/ (oof.csv, test.csv, metrics.json,
 coefficients.csv, roc.png, config.yaml, code_version.json, log.txt).
+Study mode: ``python train_clinical.py --data-dir ../shared/data/lymphocytosis --study clin_hpo --trials 40``
+searches feature set, penalty and C (lib/hpo/clinical.py), one run per trial under runs/clin_hpo/.
 """
 import argparse
 
 from lib.cli import open_stage, run_main
-from lib.clinical_model import train_clinical
+from lib.clinical_model import PENALTIES, parse_c, train_clinical
 from lib.config import add_common_args, parse_config
 from lib.features import FEATURE_SETS
+from lib.hpo import add_study_args, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,13 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
                         help="patient features (see lib/features.py)")
     parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
+    parser.add_argument("--C", type=parse_c, default=None,
+                        help="inverse regularisation: a number, or 'cv' (default: chosen by inner CV per training fold)")
+    parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
     parser.set_defaults(stage="clinical")
-    return parser
+    return add_study_args(parser)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train and cross-validate the clinical model; return its OOF metrics."""
-    stage = open_stage(parse_config(build_parser(), argv), default_experiment="clinical")
+    """Train and cross-validate the clinical model (or run a study); return its OOF metrics (or the study summary)."""
+    parser = build_parser()
+    args = parse_config(parser, argv)
+    if args.study:
+        from lib.hpo.clinical import clinical_plan
+        return run_study(args, parser, clinical_plan())
+    stage = open_stage(args, default_experiment="clinical")
     metrics = train_clinical(stage)
     print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
           f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds, threshold 0.5) "

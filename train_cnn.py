@@ -6,6 +6,8 @@ Examples:
   python train_cnn.py -c configs/cnn_cpu.yaml --head mean --experiment cnn_mean     # reuses the embedding cache
   python train_cnn.py -c configs/cnn_gpu.yaml --data-dir ../shared/data/lymphocytosis   # finetune on a GPU
   python train_cnn.py ... --folds 0 1 ; then --resume runs the other folds (finished folds are skipped)
+  python train_cnn.py -c configs/cnn_cpu.yaml --data-dir ../shared/data/lymphocytosis --study cnn_hpo --trials 20
+      # Optuna study over lib/hpo/cnn.py's space: runs/cnn_hpo/trial_<n>/, best.yaml, study_summary.json
 Writes runs/<experiment>/ (see lib/training/stage.py for the layout).
 """
 import argparse
@@ -13,6 +15,7 @@ import argparse
 from lib.cli import open_stage, resolve_data_dir, run_main
 from lib.config import add_common_args, parse_config
 from lib.data import load_dataset
+from lib.hpo import add_study_args, run_study
 from lib.training.stage import add_cnn_args, check_data, check_options, run_cnn
 
 
@@ -21,12 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                                      epilog="\n".join(__doc__.splitlines()[2:])))
-    return add_cnn_args(parser)
+    return add_study_args(add_cnn_args(parser))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Validate the inputs, then cross-validate the CNN; return the OOF metrics."""
-    args = parse_config(build_parser(), argv)
+    """Validate the inputs, then cross-validate the CNN (or run a study); return the OOF metrics (or the summary)."""
+    parser = build_parser()
+    args = parse_config(parser, argv)
+    if args.study:
+        from lib.hpo.cnn import cnn_plan
+        return run_study(args, parser, cnn_plan())
     setup = check_options(args)
     args.data_dir = resolve_data_dir(args.data_dir)
     check_data(args, load_dataset(args.data_dir))

@@ -8,15 +8,18 @@ regularisation), while log loss is smooth and rewards calibrated probabilities. 
 NumPy log loss (same values as sklearn's ``neg_log_loss``, without its per-call validation overhead)
 and the solver is ``newton-cholesky`` (exact for a handful of features): together ~15x faster than the
 defaults, with the same chosen C and coefficients.
+``--C <number>`` fixes C instead (no inner CV) and ``--penalty l1`` swaps the L2 penalty for a sparse L1
+one (solver ``liblinear``); both are there for the hyper-parameter study (lib/hpo).
 Coefficients are on the standardised features (one row per fold in ``coefficients.csv``).
 """
+import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -31,6 +34,21 @@ from lib.plots import plot_roc
 
 log = logging.getLogger(__name__)
 C_GRID = np.logspace(-3, 3, 13)
+INNER_CV = "cv"
+PENALTIES = {"l2": (0.0, "newton-cholesky"), "l1": (1.0, "liblinear")}  # penalty -> (l1_ratio, solver)
+
+
+def parse_c(text: str | float) -> str | float:
+    """``cv`` (choose C by inner CV, as when the option is left out) or a positive number (fixed C)."""
+    if text == INNER_CV:
+        return INNER_CV
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected 'cv' or a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"C must be > 0, got {text!r}")
+    return value
 
 
 def neg_log_loss(estimator, X, y) -> float:
@@ -48,12 +66,20 @@ def inner_splits(labels: pd.Series, wanted: int) -> int:
     return n
 
 
-def make_model(n_inner: int, seed: int) -> Pipeline:
-    """Unfitted Pipeline: median imputation, standard scaling, LogisticRegressionCV (balanced, L2)."""
-    inner = StratifiedKFold(n_splits=n_inner, shuffle=True, random_state=seed)
-    logreg = LogisticRegressionCV(Cs=C_GRID, l1_ratios=(0.0,), cv=inner, scoring=neg_log_loss,
-                                  solver="newton-cholesky", class_weight="balanced", max_iter=1000,
-                                  use_legacy_attributes=False)
+def make_model(n_inner: int, seed: int, C: str | float | None = None, penalty: str | None = None) -> Pipeline:
+    """Unfitted Pipeline: median imputation, standard scaling, class-balanced logistic regression.
+
+    C: None or 'cv' = chosen by inner CV, else fixed; penalty: None or 'l2', or 'l1'.
+    """
+    l1_ratio, solver = PENALTIES[penalty or "l2"]
+    if C in (None, INNER_CV):
+        inner = StratifiedKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+        logreg = LogisticRegressionCV(Cs=C_GRID, l1_ratios=(l1_ratio,), cv=inner, scoring=neg_log_loss,
+                                      solver=solver, class_weight="balanced", max_iter=1000,
+                                      use_legacy_attributes=False, random_state=seed)
+    else:
+        logreg = LogisticRegression(C=float(C), l1_ratio=l1_ratio, solver=solver, class_weight="balanced",
+                                    max_iter=1000, random_state=seed)
     return Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
                      ("scale", StandardScaler()), ("logreg", logreg)])
 
@@ -61,17 +87,19 @@ def make_model(n_inner: int, seed: int) -> Pipeline:
 def coefficients(model: Pipeline, feature_names: list[str]) -> dict:
     """Chosen C, intercept and standardised-feature coefficients of a fitted model."""
     logreg = model.named_steps["logreg"]
-    row = {"C": float(np.ravel(logreg.C_)[0]), "intercept": float(logreg.intercept_[0])}
+    chosen = logreg.C_ if hasattr(logreg, "C_") else logreg.C  # inner-CV choice, or the fixed C
+    row = {"C": float(np.ravel(chosen)[0]), "intercept": float(logreg.intercept_[0])}
     row.update({name: float(c) for name, c in zip(feature_names, logreg.coef_[0])})
     return row
 
 
 def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, seed: int,
-                     n_inner: int = 5) -> FitPredict:
+                     n_inner: int = 5, C: str | float | None = None, penalty: str | None = None) -> FitPredict:
     """Per-fold fit/predict for lib.cv: fits on the train IDs only, saves the fold's coefficients."""
     def fit_predict(train: pd.Index, valid: pd.Index, test: pd.Index, fold: int):
         y = labels.loc[train].astype(int)
-        model = make_model(inner_splits(y, n_inner), seed).fit(features.loc[train], y)
+        n_inner_used = inner_splits(y, n_inner) if C in (None, INNER_CV) else 0
+        model = make_model(n_inner_used, seed, C, penalty).fit(features.loc[train], y)
         coef = {"fold": fold, **coefficients(model, list(features.columns))}
         atomic_write_json(coef, Path(run_dir) / "folds" / f"coefficients_{fold}.json")
         log.info("fold %d: C=%.3g", fold, coef["C"])
@@ -99,7 +127,7 @@ def train_clinical(stage: Stage) -> dict:
     features = feature_table(stage.dataset, stage.args.feature_set)
     log.info("feature set %s: %s", stage.args.feature_set, ", ".join(features.columns))
     fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, stage.args.seed,
-                                   stage.args.inner_folds)
+                                   stage.args.inner_folds, stage.args.C, stage.args.penalty)
     oof, _ = cross_validate(stage, fit_predict)
     write_coefficients(stage.run_dir)
     plot_roc({"clinical": (oof["target"], oof["proba"])}, Path(stage.run_dir) / "roc.png",

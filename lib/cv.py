@@ -5,6 +5,9 @@ train IDs only and returns the probabilities of the valid IDs (out-of-fold) and 
 driver checks that no scored patient is among the fitted ones, saves each fold's predictions atomically
 to ``run_dir/folds/fold_<k>.csv`` (ID, role valid/test, proba) so that a resumed run skips finished
 folds, and once every fold is done writes ``oof.csv``, ``test.csv`` and ``metrics.json``.
+An optional ``on_fold(k, running_oof)`` hook (given to ``cross_validate`` or carried by the stage as
+``stage.on_fold``, e.g. a hyper-parameter study's trial) sees the OOF table of the folds done so far after
+each fold; it may raise (e.g. ``optuna.TrialPruned``) to stop the cross-validation early.
 """
 import logging
 from collections.abc import Callable, Iterable
@@ -22,6 +25,7 @@ from lib.runs import test_table, write_predictions
 
 log = logging.getLogger(__name__)
 FitPredict = Callable[[pd.Index, pd.Index, pd.Index, int], tuple[pd.Series, pd.Series]]
+OnFold = Callable[[int, pd.DataFrame], None]
 
 
 def fold_ids(stage: Stage, k: int) -> tuple[pd.Index, pd.Index, pd.Index]:
@@ -85,9 +89,13 @@ def read_fold(stage: Stage, k: int) -> pd.DataFrame | None:
     return table
 
 
-def cross_validate(stage: Stage, fit_predict: FitPredict,
-                   folds_to_run: Iterable[int] | None = None) -> tuple[pd.DataFrame, dict[int, pd.Series]]:
-    """Run the requested folds (default all), skipping finished ones; return (oof, test_per_fold) of done folds."""
+def cross_validate(stage: Stage, fit_predict: FitPredict, folds_to_run: Iterable[int] | None = None,
+                   on_fold: OnFold | None = None) -> tuple[pd.DataFrame, dict[int, pd.Series]]:
+    """Run the requested folds (default all), skipping finished ones; return (oof, test_per_fold) of done folds.
+
+    ``on_fold`` (default ``stage.on_fold`` when the stage has one) is called after each requested fold.
+    """
+    on_fold = on_fold or getattr(stage, "on_fold", None)
     all_folds = sorted(stage.folds["fold"].unique())
     wanted = all_folds if folds_to_run is None else sorted(set(folds_to_run))
     unknown = set(wanted) - set(all_folds)
@@ -98,9 +106,11 @@ def cross_validate(stage: Stage, fit_predict: FitPredict,
         tables[k] = read_fold(stage, k)
         if tables[k] is not None:
             log.info("fold %d: already done, read back %s", k, fold_path(stage.run_dir, k))
-            continue
-        tables[k] = run_fold(stage, fit_predict, k)
-        _log_fold(stage, k, tables[k])
+        else:
+            tables[k] = run_fold(stage, fit_predict, k)
+            _log_fold(stage, k, tables[k])
+        if on_fold is not None:
+            on_fold(k, _assemble(stage, tables)[0])  # every fold in tables is done here
     for k in set(all_folds) - set(wanted):
         tables[k] = read_fold(stage, k)
     done = {k: t for k, t in sorted(tables.items()) if t is not None}

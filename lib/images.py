@@ -80,10 +80,17 @@ def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
     if not index_path.exists():
         _build(index, crop, array_path, workers, progress)
         atomic_write_csv(index, index_path)
-    elif not pd.read_csv(index_path, dtype={"ID": str})["path"].equals(index["path"]):
+    elif not _same_cells(pd.read_csv(index_path, dtype={"ID": str}), index):
         raise DataError(f"{index_path}: cache does not match the images of {dataset.root}; delete it")
     array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
     return ImageCache(array=array, index=index)
+
+
+def _same_cells(saved: pd.DataFrame, index: pd.DataFrame) -> bool:
+    """Same cells in the same rows: patient ID and file name, not the directory (a moved data dir matches)."""
+    def keys(table: pd.DataFrame) -> list[tuple[str, str]]:
+        return list(zip(table["ID"].astype(str), (Path(p).name for p in table["path"])))
+    return keys(saved) == keys(index)
 
 
 def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progress: bool) -> None:
