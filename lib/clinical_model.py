@@ -130,6 +130,9 @@ def train_clinical(stage: Stage) -> dict:
                                    stage.args.inner_folds, stage.args.C, stage.args.penalty)
     oof, _ = cross_validate(stage, fit_predict)
     write_coefficients(stage.run_dir)
+    if "morpho" in stage.args.feature_set:
+        from lib.morphometry_features import write_morphometry_plots
+        write_morphometry_plots(stage.dataset, stage.run_dir)
     plot_roc({"clinical": (oof["target"], oof["proba"])}, Path(stage.run_dir) / "roc.png",
              points={"clinical": 0.5}, title=f"OOF ROC, {stage.args.experiment}")
     return fold_metrics(oof, 0.5)

@@ -41,3 +41,20 @@ def pooled_morphometry(dataset: Dataset, features: list[str] | None = DEFAULT_PO
     if pooled.isna().any().any():
         log.warning("morphometry: patient(s) %s have no measurable cell", list(pooled.index[pooled.isna().any(axis=1)]))
     return pooled
+
+
+def write_morphometry_plots(dataset: Dataset, run_dir: Path, n_cells: int = 6) -> list[Path]:
+    """Segmentation check of a reactive and a tumoral patient, and the pooled features by class (PNG)."""
+    from lib.images import read_image
+    from lib.morphometry import plot_pooled_by_class, plot_segmentation
+    train = dataset.train
+    paths = []
+    for label in (0, 1):
+        pid = train.index[train["LABEL"] == label][0]
+        images = [read_image(p) for p in dataset.images[pid][:n_cells]]
+        name = "reactive" if label == 0 else "tumoral"
+        paths.append(plot_segmentation(images, Path(run_dir) / f"segmentation_{name}_{pid}.png",
+                                       f"{pid} ({name}): nucleus and cell contours"))
+    pooled = pooled_morphometry(dataset).loc[train.index]
+    paths.append(plot_pooled_by_class(pooled, train["LABEL"], Path(run_dir) / "morphometry_by_class.png"))
+    return paths

@@ -172,3 +172,15 @@ def test_dataset_measurements_are_cached(tmp_path):
     pooled = pooled_morphometry(ds, cache_dir=tmp_path / "cache")
     assert cached[0].stat().st_mtime_ns == mtime
     assert set(pooled.index) == set(ds.patients.index)
+
+
+def test_clinical_morpho_run_writes_segmentation_and_class_plots(tmp_path):
+    import train_clinical
+    from lib.demo import generate_demo
+    data = generate_demo(tmp_path / "demo", n_train=12, n_test=2, cells=(16, 16), seed=5, progress=False)
+    train_clinical.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--experiment", "m",
+                         "--feature-set", "clinical+morpho", "--n-folds", "3"])
+    run = tmp_path / "runs" / "m"
+    pngs = sorted(p.name for p in run.glob("*.png"))
+    assert "morphometry_by_class.png" in pngs and sum(n.startswith("segmentation_") for n in pngs) == 2
+    assert all((run / n).stat().st_size > 1000 for n in pngs)
