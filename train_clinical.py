@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="patient features (see lib/features.py)")
     parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
     parser.add_argument("--C", type=parse_c, default=None,
-                        help="inverse regularisation: a number, or 'cv' (default: chosen by inner CV per training fold)")
+                        help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
     parser.set_defaults(stage="clinical")
     return add_study_args(parser)

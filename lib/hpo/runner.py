@@ -42,13 +42,12 @@ from lib.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from lib.metrics import fold_metrics
 from lib.paths import RUNS_DIR
 from lib.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
-from lib.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials, safe_url,
-                       save_study_plots, top_trials_summary)
+from lib.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials,
+                       safe_url, save_study_plots, top_trials_summary)
 
 log = logging.getLogger(__name__)
 STUDY_OPTIONS = ("study", "trials", "storage", "heartbeat", "prune")
-NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "resume", "verbose", "progress", "folds",
-                *STUDY_OPTIONS}
+NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "resume", "verbose", "progress", "folds", *STUDY_OPTIONS}
 NOT_COMPARED = set(NOT_COMPARED_ON_RESUME) | set(STUDY_OPTIONS) | {"experiment", "runs_dir", "data_dir", "cache_dir"}
 TOP_K = 5
 PRUNER_STARTUP_TRIALS = 5
