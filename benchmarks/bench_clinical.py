@@ -7,7 +7,6 @@ Each seed's fold file is read from folds/ (created once on first use). Prints th
 dated block to BENCHMARKS.md (unless --no-append).
 """
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -36,21 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_seed(args: argparse.Namespace, feature_set: str, seed: int, runs_dir: Path) -> dict:
-    """One cross-validation of the clinical model on the folds of one seed; its metrics."""
-    try:
-        return train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
-                                    "--n-folds", str(args.n_folds), "--feature-set", feature_set,
-                                    "--runs-dir", str(runs_dir), "--experiment", f"bench_{feature_set}_s{seed}"])
-    finally:
-        detach_file_logs()
+    """One cross-validation of the clinical model on the folds of one seed; its metrics.
 
-
-def detach_file_logs() -> None:
-    """Close the run's log.txt handler so the next run's records do not land in it."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()
+    Each run's log.txt handler replaces the previous one (lib.runs.attach_log_file), so runs in one
+    process never write into each other's logs.
+    """
+    return train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
+                                "--n-folds", str(args.n_folds), "--feature-set", feature_set,
+                                "--runs-dir", str(runs_dir), "--experiment", f"bench_{feature_set}_s{seed}"])
 
 
 def summary_lines(results: dict[int, dict], feature_set: str, seconds: float) -> list[str]:
