@@ -7,7 +7,7 @@ nested = honest) and AUC as mean±std over the repetitions; the clinical model i
 """
 import argparse
 import json
-import re
+import os
 import resource
 import sys
 import tempfile
@@ -18,13 +18,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402
-from lib.bench import append_benchmark  # noqa: E402
+from lib.bench import append_benchmark, cnn_run_speed, embed_rate_line, head_training_line  # noqa: E402
 from lib.data import load_dataset  # noqa: E402
 from lib.metrics import mean_std  # noqa: E402
 from lib.paths import SHARED_DATA_DIR  # noqa: E402
 
-MATMUL_GFLOPS = 133  # fp32 matmul measured on this machine (DEVELOPERS.md)
-LITE0_GFLOP_112 = 0.1  # EfficientNet-Lite0 forward at 112x112 ~ 0.1 GFLOP (0.39 at 224)
+CNN_MODELS = ("cnn", "cnn_attention")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--cold", action="store_true",
+                        help="start from empty caches (LYMPH_CACHE_DIR in the temp dir): morphometry, decoded "
+                             "images, weights and embeddings are computed inside the timed run")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
 
@@ -49,30 +51,39 @@ def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
     return scores
 
 
-def embed_rate(run_root: Path) -> str:
-    """The embedding throughput logged by the CNN stage (first run that embedded)."""
-    found = re.findall(r"embedded (\d+) cell views in ([\d.]+) s", (run_root / "cnn" / "log.txt").read_text())
-    if not found:
-        return "embeddings reused from the cache"
-    n, sec = int(found[-1][0]), float(found[-1][1])
-    return (f"{n} cell views in {sec:.0f} s = {n / sec:.0f} img/s, ~{n / sec * LITE0_GFLOP_112:.0f} GFLOP/s "
-            f"of the {MATMUL_GFLOPS} GFLOP/s fp32 matmul peak")
+def cnn_speed_lines(run_roots: dict[int, Path], n_train: float) -> list[str]:
+    """Embedding img/s (the cold run, else a cache note) and head-training speed of the CNN stages."""
+    runs = {seed: {m: cnn_run_speed(root / m) for m in CNN_MODELS} for seed, root in run_roots.items()}
+    lines = [embed_rate_line(f"{m}, seed {seed}", r) for seed, by_model in runs.items()
+             for m, r in by_model.items() if r.get("embedded_images")]
+    if not lines:
+        lines.append(embed_rate_line("every seed", {}))
+    lines.append(head_training_line("cnn and cnn_attention, every seed",
+                                    [r for by_model in runs.values() for r in by_model.values()], n_train))
+    return lines
 
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    name = load_dataset(args.data_dir).name
-    results, timings, rates = {}, {}, []
+    dataset = load_dataset(args.data_dir)
+    name = dataset.name
+    results, timings, roots, start = {}, {}, {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
+        if args.cold:
+            os.environ["LYMPH_CACHE_DIR"] = str(Path(tmp) / "cache")  # read by the stage subprocesses
         for seed in args.seeds:
             timings[seed] = pipeline.main(["--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
                                            "--fold-seed", str(seed), "--trials", str(args.trials),
                                            "--out", str(Path(tmp) / f"submission_s{seed}.csv")])
-            results[seed] = model_scores(runs_dir / f"{name}_s{seed}")
-            rates.append(f"seed {seed}: {embed_rate(runs_dir / f'{name}_s{seed}')}")
+            roots[seed] = runs_dir / f"{name}_s{seed}"
+            results[seed] = model_scores(roots[seed])
+        speed = cnn_speed_lines(roots, len(dataset.train) * 4 / 5)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    lines = summary(args, name, results, timings) + [f"- embedding, {r}" for r in rates]
+    lines = summary(args, name, results, timings) + speed
+    wall = time.perf_counter() - start
+    lines.append(f"- whole benchmark: {wall / 60:.1f} min ({'cold caches' if args.cold else 'caches as found'}; "
+                 f"goal < 30 min on this 2-core machine: {'met' if wall < 1800 else 'NOT met'})")
     lines.append(f"- peak memory of a stage: {peak:.0f} MB (max RSS of the child processes)")
     print("\n".join(lines))
     if not args.no_append:

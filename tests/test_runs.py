@@ -1,9 +1,13 @@
 """Run directories: never overwritten, and each run's log.txt holds only its own records."""
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
 from lib.errors import DataError
+from lib.paths import REPO_DIR
 from lib.runs import create_run
 
 
@@ -20,3 +24,15 @@ def test_runs_refuse_overwrite_and_keep_their_logs_apart(tmp_path):
         create_run(tmp_path / "a", {"seed": 0})
     with pytest.raises(DataError, match=r"cannot resume with different settings \(seed\)"):
         create_run(tmp_path / "a", {"seed": 1}, resume=True)
+
+
+def test_lymph_cache_dir_moves_every_cache(tmp_path):
+    """LYMPH_CACHE_DIR (how bench_pipeline --cold starts from empty caches) sets lib.paths.CACHE_DIR."""
+    code = "from lib.paths import CACHE_DIR, REPO_DIR; print(CACHE_DIR); print(REPO_DIR / 'cache')"
+    env = {**os.environ, "LYMPH_CACHE_DIR": str(tmp_path / "c")}
+    moved = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_DIR, capture_output=True, text=True)
+    assert moved.stdout.split("\n")[0] == str((tmp_path / "c").resolve())
+    env.pop("LYMPH_CACHE_DIR")
+    default = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_DIR, capture_output=True, text=True)
+    first, second = default.stdout.split("\n")[:2]
+    assert first == second

@@ -1,6 +1,7 @@
 """train_cnn.py end to end on a tiny synthetic competition directory: both regimes, outputs, determinism,
 cache reuse, fold subsets and resume (also of a killed finetune run), anomaly-fit discipline, bad inputs."""
 import functools
+import re
 import json
 from pathlib import Path
 
@@ -207,3 +208,17 @@ def test_top_k_head_with_eval_bags_runs_end_to_end(data_dir, tmp_path):
         "--eval-bags", "4", "--folds", "0")
     cells = pd.read_csv(tmp_path / "runs" / "tk" / "fold_0" / "cells.csv")
     assert cells["weight"].between(0, 1).all() and cells["weight"].max() > 0
+
+
+def test_benchmark_speed_figures_are_read_from_a_run(data_dir, tmp_path):
+    """lib.bench reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
+    from lib.bench import cnn_run_speed, embed_rate_line, head_training_line
+    run(data_dir, tmp_path, "cold", "--head", "mean")
+    run(data_dir, tmp_path, "warm", "--head", "mean")
+    cold, warm = cnn_run_speed(tmp_path / "runs" / "cold"), cnn_run_speed(tmp_path / "runs" / "warm")
+    assert cold["embedded_images"] > 0 and cold["bag_size"] == 3 and cold["epochs_run"] == 3 * 2
+    rate = float(re.search(r"= (\d+) img/s", embed_rate_line("x", cold)).group(1))
+    assert rate == pytest.approx(cold["embedded_images"] / cold["embed_seconds"], abs=1)
+    assert "reused from the cache" in embed_rate_line("x", warm)
+    bags = float(re.search(r"(\d+) bags/s", head_training_line("x", [cold, warm], 20)).group(1))
+    assert bags == pytest.approx(np.mean([6 * 20 / r["epoch_seconds"] for r in (cold, warm)]), abs=1)

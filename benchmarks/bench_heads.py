@@ -1,0 +1,124 @@
+"""Benchmark: every MIL head of train_cnn.py's CPU preset, light vs heavy views, ImageNet vs random init,
+beside the clinical model on the same folds; repeated over fold seeds.
+
+Usage: python benchmarks/bench_heads.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+       [--variants mean attention ... light random-init finetune-probe] [--runs-dir DIR] [--no-append]
+Each variant is ``train_cnn.py -c configs/cnn_cpu.yaml`` plus its own options (VARIANTS below); the
+embedding cache under cache/emb/ is shared, so only the first run of a view set embeds (the random-init
+and light variants embed their own views: their embedding img/s is measured cold here).
+The default fold seeds exclude 42: the preset's head and augmentation were chosen on seed-42 folds.
+Quality: CV BA at threshold 0.5 and AUC, mean±std over the seeds of the per-seed fold mean.
+Speed: embedding img/s against the 133 GFLOP/s fp32 matmul figure; head training in bags/s; the
+finetune probe trains the backbone end to end for 2 epochs on fold 0 and reports training img/s only.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train_clinical  # noqa: E402
+import train_cnn  # noqa: E402
+from lib.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, append_benchmark, cnn_run_speed,  # noqa: E402
+                       embed_rate_line, head_training_line)
+from lib.data import load_dataset  # noqa: E402
+from lib.metrics import mean_std  # noqa: E402
+from lib.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+
+BAG_SCORED = ["--eval-bags", "16"]  # max/top-k/CHOWDER: score on the 16-cell bags they were trained on
+VARIANTS = {
+    "mean": ["--head", "mean"],
+    "attention": ["--head", "attention"],
+    "instance_bn": ["--head", "instance_bn"],
+    "anomaly": ["--head", "anomaly"],
+    "chowder": ["--head", "chowder", *BAG_SCORED],
+    "topk": ["--head", "topk", *BAG_SCORED],
+    "max": ["--head", "max", *BAG_SCORED],
+    "mean, no clinical fusion": ["--head", "mean", "--no-clinical-fusion"],
+    "light": ["--head", "mean", "--aug", "light"],
+    "random-init": ["--head", "mean", "--weights", "none"],
+}
+PROBE = "finetune-probe"
+PROBE_ARGS = ["--regime", "finetune", "--head", "attention", "--epochs", "2", "--folds", "0", "--tta", "0"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--config", type=Path, default=CONFIGS_DIR / "cnn_cpu.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds")
+    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, PROBE], choices=[*VARIANTS, PROBE])
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--no-append", action="store_true")
+    return parser.parse_args(argv)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def run_variant(args, name: str, extra: list[str], seed: int, runs_dir: Path) -> dict:
+    """One CV run of a variant; its metrics, timings and settings."""
+    experiment = f"heads_{slug(name)}_s{seed}"
+    metrics = train_cnn.main(["-c", str(args.config), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
+                              "--fold-seed", str(seed), "--experiment", experiment, "--no-progress", *extra])
+    return {**metrics, **cnn_run_speed(runs_dir / experiment), "fold_seed": seed}
+
+
+def quality_line(name: str, runs: list[dict]) -> str:
+    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
+    wall = np.mean([r["total_seconds"] for r in runs])
+    return (f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)}); "
+            f"{wall:.0f} s per 5-fold run")
+
+
+def speed_lines(results: dict[str, list[dict]], n_train: float) -> list[str]:
+    """Embedding img/s of cold runs, head-training bags/s, finetune training img/s."""
+    lines = [embed_rate_line(f"{name}, fold seed {r['fold_seed']}", r)
+             for name, runs in results.items() for r in runs if r.get("embedded_images")]
+    heads = [r for name, runs in results.items() if name != PROBE for r in runs]
+    if heads:
+        lines.append(head_training_line("every head run", heads, n_train))
+    for r in results.get(PROBE, []):
+        rate = r["epochs_run"] * n_train * r["bag_size"] / r["epoch_seconds"]
+        lines.append(f"- finetune probe (EfficientNet-Lite0 end to end, 112 px, heavy aug, fold 0, 2 epochs, CPU): "
+                     f"{rate:.0f} training img/s, ~{rate * 3 * LITE0_GFLOP_112:.0f} GFLOP/s (forward+backward "
+                     f"~3x forward) of {MATMUL_GFLOPS}; BA of 2 epochs is not a quality figure")
+    return lines
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    results: dict[str, list[dict]] = {}
+    clinical = []
+    with tempfile.TemporaryDirectory(prefix="bench_heads_") as tmp:
+        runs_dir = args.runs_dir or Path(tmp)
+        for seed in args.seeds:
+            clinical.append(train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
+                                                 "--runs-dir", str(runs_dir), "--experiment", f"heads_clinical_s{seed}"]))
+        for name in args.variants:
+            seeds = args.seeds[:1] if name == PROBE else args.seeds
+            extra = PROBE_ARGS if name == PROBE else VARIANTS[name]
+            results[name] = [run_variant(args, name, extra, seed, runs_dir) for seed in seeds]
+            print(quality_line(name, results[name]) if name != PROBE else f"{name}: done", flush=True)
+    n_train = len(load_dataset(args.data_dir).train) * 4 / 5  # training patients of a 5-fold split
+    lines = [f"- data: {args.data_dir}; preset {args.config.name} (EfficientNet-Lite0 ImageNet, 112 px, heavy views, "
+             f"mean head, clinical fusion) with one option changed per variant; fold seeds "
+             f"{', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds of the fold mean",
+             f"- clinical (baseline, same folds): BA {mean_std([c['ba_mean'] for c in clinical])}, "
+             f"AUC {mean_std([c['auc_mean'] for c in clinical])}"]
+    lines += [quality_line(name, runs) for name, runs in results.items() if name != PROBE]
+    lines += speed_lines(results, n_train)
+    lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
+    print("\n".join(lines))
+    if not args.no_append:
+        append_benchmark("CNN-MIL heads and variants, repeated CV", " ".join(["python"] + sys.argv), lines)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
