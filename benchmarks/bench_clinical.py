@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
-from lib.bench import append_benchmark  # noqa: E402
+from lib.bench import publish  # noqa: E402
 from lib.features import FEATURE_SETS  # noqa: E402
 from lib.metrics import mean_std  # noqa: E402
 from lib.paths import SHARED_DATA_DIR  # noqa: E402
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             began = time.perf_counter()
             results = {seed: run_seed(args, feature_set, seed, runs_dir) for seed in args.seeds}
             lines += summary_lines(results, feature_set, time.perf_counter() - began)
-    print("\n".join(lines))
-    if not args.no_append:
-        command = " ".join(["python", "benchmarks/bench_clinical.py"] + sys.argv[1:])
-        print(f"appended to {append_benchmark('Clinical model, repeated CV', command, lines)}")
+    publish("Clinical model, repeated CV", lines, __file__, argv, append=not args.no_append)
     return lines
 
 

@@ -1,7 +1,7 @@
 """Benchmark: JPEG decode throughput vs reading the decoded-image cache, on a competition directory.
 
 Usage: python benchmarks/bench_decode.py [--data-dir ../shared/data/lymphocytosis] [--crop 112]
-Prints img/s and appends a dated block to BENCHMARKS.md.
+Prints img/s and appends a dated block to BENCHMARKS.md (unless --no-append).
 """
 import argparse
 import shutil
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib.bench import append_benchmark  # noqa: E402
+from lib.bench import publish  # noqa: E402
 from lib.data import load_dataset  # noqa: E402
 from lib.images import load_image_cache, read_image  # noqa: E402
 from lib.paths import SHARED_DATA_DIR  # noqa: E402
@@ -30,12 +30,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv=None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--crop", type=int, default=112)
     parser.add_argument("--n", type=int, default=3000, help="images for the decode-only measurements")
-    args = parser.parse_args()
+    parser.add_argument("--no-append", action="store_true", help="do not append to BENCHMARKS.md")
+    args = parser.parse_args(argv)
     dataset = load_dataset(args.data_dir)
     paths = [p for pid in dataset.patients.index for p in dataset.images[pid]]
     sample = paths[:args.n]
@@ -54,8 +55,8 @@ def main() -> None:
              f"- decode + centre crop, cv2, 2 threads: {rate(len(sample), two)}",
              f"- build decoded cache (crop {args.crop}, 2 threads, includes decode): {rate(len(paths), build)}",
              f"- read every bag from the cache (crop {args.crop}, warm page cache): {rate(len(paths), read)}"]
-    print("\n".join(lines))
-    append_benchmark("JPEG decode vs decoded cache", " ".join(["python"] + sys.argv), lines)
+    publish("JPEG decode vs decoded cache", lines, __file__, argv, append=not args.no_append)
+    return lines
 
 
 if __name__ == "__main__":

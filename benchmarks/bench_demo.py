@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib.bench import append_benchmark  # noqa: E402
+from lib.bench import publish  # noqa: E402
 from lib.paths import REPO_DIR  # noqa: E402
 
 GOAL_SECONDS = 180  # issue 7: demo, install excluded, within 3 minutes
@@ -72,9 +72,7 @@ def main(argv=None) -> list[str]:
         verdict = "within" if seconds <= GOAL_SECONDS else "OVER"
         lines.append(f"- install excluded (cold caches, demo data regenerated): {seconds:.0f} s, {verdict} "
                      f"the {GOAL_SECONDS} s goal; stages: {stage_times(text)}")
-    print("\n".join(lines))
-    if not args.no_append:
-        append_benchmark("Demo: README main command, fresh clone", " ".join(["python"] + sys.argv), lines)
+    publish("Demo: README main command, fresh clone", lines, __file__, argv, append=not args.no_append)
     return lines
 
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, append_benchmark, cnn_run_speed,  # noqa: E402
+from lib.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, cnn_run_speed, publish,  # noqa: E402
                        embed_rate_line, head_training_line)
 from lib.data import load_dataset  # noqa: E402
 from lib.metrics import mean_std  # noqa: E402
@@ -98,8 +98,8 @@ def main(argv=None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bench_heads_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
         for seed in args.seeds:
-            clinical.append(train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),
-                                                 "--runs-dir", str(runs_dir), "--experiment", f"heads_clinical_s{seed}"]))
+            clinical.append(train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
+                                                 str(runs_dir), "--experiment", f"heads_clinical_s{seed}"]))
         for name in args.variants:
             seeds = args.seeds[:1] if name == PROBE else args.seeds
             extra = PROBE_ARGS if name == PROBE else VARIANTS[name]
@@ -114,9 +114,7 @@ def main(argv=None) -> list[str]:
     lines += [quality_line(name, runs) for name, runs in results.items() if name != PROBE]
     lines += speed_lines(results, n_train)
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
-    print("\n".join(lines))
-    if not args.no_append:
-        append_benchmark("CNN-MIL heads and variants, repeated CV", " ".join(["python"] + sys.argv), lines)
+    publish("CNN-MIL heads and variants, repeated CV", lines, __file__, argv, append=not args.no_append)
     return lines
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402
-from lib.bench import append_benchmark, cnn_run_speed, embed_rate_line, head_training_line  # noqa: E402
+from lib.bench import cnn_run_speed, embed_rate_line, head_training_line, publish  # noqa: E402
 from lib.data import load_dataset  # noqa: E402
 from lib.metrics import mean_std  # noqa: E402
 from lib.paths import SHARED_DATA_DIR  # noqa: E402
@@ -85,9 +85,7 @@ def main(argv=None) -> list[str]:
     lines.append(f"- whole benchmark: {wall / 60:.1f} min ({'cold caches' if args.cold else 'caches as found'}; "
                  f"goal < 30 min on this 2-core machine: {'met' if wall < 1800 else 'NOT met'})")
     lines.append(f"- peak memory of a stage: {peak:.0f} MB (max RSS of the child processes)")
-    print("\n".join(lines))
-    if not args.no_append:
-        append_benchmark("Whole pipeline, repeated CV", " ".join(["python", "benchmarks/bench_pipeline.py"] + sys.argv[1:]), lines)
+    publish("Whole pipeline, repeated CV", lines, __file__, argv, append=not args.no_append)
     return lines
 
 

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
-from lib.bench import append_benchmark  # noqa: E402
+from lib.bench import publish  # noqa: E402
 from lib.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.study import default_storage  # noqa: E402
 
@@ -89,10 +89,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         summary, wall = run_study(args, runs_dir)
         lines = result_lines(summary, trial_seconds(runs_dir), wall)
     logging.getLogger().handlers.clear()
-    print("\n".join(lines))
-    if not args.no_append:
-        command = "python benchmarks/bench_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(f"appended to {append_benchmark('Optuna study: train_cnn.py embed regime', command.strip(), lines)}")
+    publish("Optuna study: train_cnn.py embed regime", lines, __file__, argv, append=not args.no_append)
     return lines
 
 

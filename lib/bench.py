@@ -3,6 +3,7 @@ import fcntl
 import json
 import os
 import platform
+import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +57,18 @@ def append_benchmark(title: str, command: str, lines: list[str], path: str | Pat
         text = path.read_text() if path.exists() else HEADER
         text = text.rstrip("\n") + "\n\n" + benchmark_block(title, command, lines)
         return atomic_write_text(text, path)
+
+
+def publish(title: str, lines: list[str], script: str, argv: list[str] | None, append: bool = True) -> None:
+    """Print a benchmark's result lines and (unless ``append`` is false) append them as a dated block.
+
+    The block's command is ``python benchmarks/<script> <argv>`` (``argv`` None: this process's arguments).
+    """
+    print("\n".join(lines))
+    if append:
+        args = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python", f"benchmarks/{Path(script).name}", *args])
+        print(f"appended to {append_benchmark(title, command, lines)}")
 
 
 # ----------------------------------------------------------------------------- CNN throughput figures

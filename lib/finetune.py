@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,36 +30,27 @@ from lib.data import Dataset
 from lib.embed import autocast_dtype
 from lib.images import ImageCache
 from lib.models import create_head
-from lib.training.common import (FoldResult, batches, cell_table, class_weights, clinical_stats, cosine_schedule,
-                                 eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells, score_bag,
-                                 seed_everything, standardise_clinical, weighted_bce)
+from lib.training.common import (FoldResult, MILSettings, batches, cell_table, class_weights, clinical_stats,
+                                 cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
+                                 score_bag, seed_everything, standardise_clinical, weighted_bce)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneSettings:
-    """Hyper-parameters and runtime options of end-to-end training."""
+class FinetuneSettings(MILSettings):
+    """Hyper-parameters and runtime options of end-to-end training: the shared ones plus these."""
 
-    head: str = "attention"
-    head_args: dict = field(default_factory=dict)
-    bag_size: int = 16
     epochs: int = 10
-    lr: float = 1e-3
-    backbone_lr: float = 1e-4
-    weight_decay: float = 1e-2
     batch_patients: int = 4
-    clinical_fusion: bool = False
+    backbone_lr: float = 1e-4
     crop: int = 112
     strength: str = "heavy"
     n_tta: int = 3
-    eval_bags: int = 0
     amp: str = "auto"
     workers: int = 0
     eval_batch: int = 128
     grad_clip: float = 1.0
-    seed: int = 0
-    progress: bool = True
 
 
 class MILNet(nn.Module):

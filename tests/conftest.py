@@ -55,6 +55,23 @@ def make_2021(root: Path) -> Path:
     return root
 
 
+def cohort_rows(n_train: int = 30, n_test: int = 6, seed: int = 0, tumoral_every: tuple[int, int] = (3, 5)):
+    """Clinical rows where tumoral patients are older with a higher lymphocyte count (learnable, noisy).
+
+    Patient i is tumoral when ``i % b < a`` for ``tumoral_every = (a, b)`` (default 60 % tumoral).
+    """
+    a, b = tumoral_every
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_train + n_test):
+        label = int(i % b < a)
+        count = np.exp(rng.normal(2.8 if label else 1.7, 0.5))
+        year = int(rng.normal(1945 if label else 1965, 10))
+        rows.append((f"P{i}", str(label) if i < n_train else "-1", "MF"[i % 2], f"{1 + i % 12}/{1 + i % 28}/{year}",
+                     f"{count:.2f}"))
+    return rows[:n_train], rows[n_train:]
+
+
 @pytest.fixture
 def data_2024(tmp_path: Path) -> Path:
     return make_2024(tmp_path / "comp2024")

@@ -13,25 +13,12 @@ import lib.clinical_model as clinical_model
 import lib.folds
 import make_submission
 import train_clinical
-from conftest import make_2024
+from conftest import cohort_rows, make_2024
 from lib.cli import Stage
 from lib.cv import check_unseen, cross_validate, fold_path
 from lib.data import load_dataset
 from lib.errors import DataError
 from lib.features import feature_table
-
-
-def cohort_rows(n_train: int = 30, n_test: int = 6, seed: int = 0):
-    """Clinical rows where tumoral patients are older with a higher lymphocyte count (learnable, noisy)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_train + n_test):
-        label = int(i % 5 < 3)  # 60 % tumoral
-        count = np.exp(rng.normal(2.8 if label else 1.7, 0.5))
-        year = int(rng.normal(1945 if label else 1965, 10))
-        rows.append((f"P{i}", str(label) if i < n_train else "-1", "MF"[i % 2], f"{1 + i % 12}/{1 + i % 28}/{year}",
-                     f"{count:.2f}"))
-    return rows[:n_train], rows[n_train:]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import lib.hpo.cnn
 import lib.hpo.runner
 import train_clinical
 import train_cnn
-from conftest import make_2024, write_jpg
+from conftest import cohort_rows, make_2024, write_jpg
 from lib.config import config_dict, parse_config
 from lib.errors import DataError
 from lib.hpo.space import Param, apply, current_values
@@ -39,25 +39,13 @@ PG_URL = os.environ.get("LYMPH_TEST_PG_URL")  # e.g. postgresql://lymph@127.0.0.
 
 
 # ----------------------------------------------------------------------------- fixtures
-def cohort_rows(n_train: int = 30, n_test: int = 4):
-    """Clinical rows with a learnable, noisy signal (older, higher count: tumoral)."""
-    import numpy as np
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n_train + n_test):
-        label = int(i % 3 != 0)
-        count = np.exp(rng.normal(2.6 if label else 1.9, 0.6))
-        year = int(rng.normal(1948 if label else 1962, 12))
-        rows.append((f"P{i}", str(label) if i < n_train else "-1", "MF"[i % 2], f"{1 + i % 12}/{1 + i % 28}/{year}",
-                     f"{count:.2f}"))
-    return rows[:n_train], rows[n_train:]
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """30 train patients (10 reactive), 4 test patients, 3 tiny distinct cells each."""
     root = tmp_path_factory.mktemp("hpo") / "comp"
-    train, test = cohort_rows()
+    train, test = cohort_rows(n_test=4, tumoral_every=(2, 3))
     make_2024(root, train=train, test=test, n_cells=3, size=32)
     for i, row in enumerate(test):
         for k in range(3):

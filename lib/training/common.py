@@ -4,12 +4,35 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class MILSettings:
+    """Hyper-parameters both regimes share (names as train_cnn.py's options); see HeadSettings, FinetuneSettings."""
+
+    head: str = "attention"
+    head_args: dict = field(default_factory=dict)
+    bag_size: int = 16
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_patients: int = 8
+    eval_bags: int = 0
+    clinical_fusion: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args, **more):
+        """Settings from train_cnn.py's options: the shared fields by name, the regime's own given as ``more``."""
+        shared = {f.name: getattr(args, f.name) for f in fields(MILSettings)}
+        return cls(**{**shared, "head_args": dict(args.head_args or {}), **more})
 
 
 def seed_everything(seed: int) -> None:

@@ -23,29 +23,18 @@ from lib.clinical import CLINICAL_FEATURES
 from lib.data import Dataset
 from lib.embed import Embeddings
 from lib.models import anomaly_scores, create_head, fit_anomaly_model
-from lib.training.common import (FoldResult, batches, cell_table, class_weights, clinical_stats, cosine_schedule,
-                                 eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells, score_bag,
-                                 seed_everything, standardise_clinical, weighted_bce)
+from lib.training.common import (FoldResult, MILSettings, batches, cell_table, class_weights, clinical_stats,
+                                 cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
+                                 score_bag, seed_everything, standardise_clinical, weighted_bce)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class HeadSettings:
-    """Hyper-parameters of head training on embeddings."""
+class HeadSettings(MILSettings):
+    """Hyper-parameters of head training on embeddings: the shared ones plus an optional PCA."""
 
-    head: str = "attention"
-    head_args: dict = field(default_factory=dict)
-    bag_size: int = 16
-    epochs: int = 40
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_patients: int = 8
     pca: int = 0
-    eval_bags: int = 0
-    clinical_fusion: bool = False
-    seed: int = 0
-    progress: bool = True
 
 
 @dataclass

@@ -192,10 +192,7 @@ def merge_cells(cells: pd.DataFrame) -> pd.DataFrame:
 def _head_settings(args: argparse.Namespace):
     """HeadSettings of the embed regime from the options."""
     from lib.training.embed_mil import HeadSettings
-    return HeadSettings(head=args.head, head_args=dict(args.head_args or {}), bag_size=args.bag_size,
-                        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                        batch_patients=args.batch_patients, pca=args.pca, eval_bags=args.eval_bags,
-                        clinical_fusion=args.clinical_fusion, seed=args.seed, progress=args.progress)
+    return HeadSettings.from_args(args, pca=args.pca)
 
 
 def embed_fit_predict(stage: Stage, setup: Setup, timings: dict):
@@ -223,12 +220,9 @@ def finetune_fit_predict(stage: Stage, setup: Setup, timings: dict):
     """The per-fold end-to-end training of lib.finetune."""
     from lib import finetune
     args = stage.args
-    settings = finetune.FinetuneSettings(
-        head=args.head, head_args=dict(args.head_args or {}), bag_size=args.bag_size, epochs=args.epochs,
-        lr=args.lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-        batch_patients=args.batch_patients, clinical_fusion=args.clinical_fusion, crop=args.crop,
-        strength=args.aug, n_tta=args.tta, eval_bags=args.eval_bags, amp=args.amp, workers=args.workers,
-        eval_batch=args.embed_batch, seed=args.seed, progress=args.progress)
+    settings = finetune.FinetuneSettings.from_args(
+        args, backbone_lr=args.backbone_lr, crop=args.crop, strength=args.aug, n_tta=args.tta, amp=args.amp,
+        workers=args.workers, eval_batch=args.embed_batch)
     cache = load_image_cache(stage.dataset, args.crop, args.cache_dir, progress=args.progress)
 
     def fit_predict(train, valid, test, fold):
