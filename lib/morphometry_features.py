@@ -46,7 +46,7 @@ def pooled_morphometry(dataset: Dataset, features: list[str] | None = DEFAULT_PO
 def write_morphometry_plots(dataset: Dataset, run_dir: Path, n_cells: int = 6) -> list[Path]:
     """Segmentation check of a reactive and a tumoral patient, and the pooled features by class (PNG)."""
     from lib.images import read_image
-    from lib.morphometry import plot_pooled_by_class, plot_segmentation
+    from lib.morphometry_plots import plot_pooled_by_class, plot_segmentation
     train = dataset.train
     paths = []
     for label in (0, 1):

@@ -1,4 +1,4 @@
-"""Tests for the synthetic DEMO competition generator (lib/demo.py)."""
+"""Tests for the synthetic DEMO competition generator (lib/demo/)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from lib import demo
+from lib.demo import build as demo_build
 from lib.clinical import age_years, normalise_gender, parse_dob
 from lib.errors import DataError
 
@@ -152,7 +153,7 @@ def test_killed_build_leaves_no_complete_looking_root(tmp_path: Path, monkeypatc
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "_write_tables", boom)
+    monkeypatch.setattr(demo_build, "_write_tables", boom)
     with pytest.raises(KeyboardInterrupt):
         demo.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
     assert not (tmp_path / "d").exists()

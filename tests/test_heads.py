@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lib.errors import DataError
-from lib.models.heads import HEAD_NAMES, anomaly_scores, create_head, fit_anomaly_model
+from lib.models.anomaly import anomaly_scores, fit_anomaly_model
+from lib.models.heads import HEAD_NAMES, create_head
 
 IN_DIM = 12
 

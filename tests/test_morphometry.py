@@ -8,9 +8,9 @@ from conftest import make_2024
 from lib.data import load_dataset
 from lib.errors import DataError
 from lib.morphometry import (ALL_POOLED, DEFAULT_POOLED, MEASUREMENTS, MIN_PARALLEL, cell_mask, measure_cell,
-                             measure_cells, nucleus_mask, plot_pooled_by_class, plot_segmentation,
-                             pool_patient_features)
+                             measure_cells, nucleus_mask, pool_patient_features)
 from lib.morphometry_features import cell_measurements, pooled_morphometry
+from lib.morphometry_plots import plot_pooled_by_class, plot_segmentation
 
 PINK, CREAM = (230, 200, 210), (236, 220, 205)
 CYTOPLASM, NUCLEUS, RED_CELL = (200, 190, 220), (90, 40, 130), (200, 165, 190)
