@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -43,12 +44,11 @@ def _write_patient_images(folder: Path, spec: PatientSpec, seed: int) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-
-def _write_csv(path: Path, rows: list[tuple]) -> None:
-    """Write rows under the real header, LF line endings, deterministic formatting."""
+def _write_csv(path: Path, rows: list[tuple], header: Sequence[str] = COLUMNS) -> None:
+    """Write rows under a header (the real one by default), LF line endings, deterministic formatting."""
     with path.open("w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(header)
         w.writerows(rows)
 
 
@@ -64,10 +64,7 @@ def _write_tables(tmp: Path, specs: list[PatientSpec]) -> None:
     test = [s for s in specs if s.split == "test"]
     _write_csv(tmp / "trainset" / "trainset_true.csv", [_row(s, False) for s in train])
     _write_csv(tmp / "testset" / "testset_data.csv", [_row(s, True) for s in test])
-    with (tmp / TRUTH_NAME).open("w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(("ID", "LABEL"))
-        w.writerows((s.id, s.label) for s in test)
+    _write_csv(tmp / TRUTH_NAME, [(s.id, s.label) for s in test], header=("ID", "LABEL"))
 
 
 def _params(n_train: int, n_test: int, cells: tuple[int, int], seed: int) -> dict:
