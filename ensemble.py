@@ -8,11 +8,12 @@ optimisation plots. ``--storage`` takes any Optuna RDB URL instead of the run's 
 import argparse
 from pathlib import Path
 
-from lib.cli import run_main
-from lib.config import config_dict, parse_config
-from lib.fusion import ensemble, load_runs
-from lib.paths import RUNS_DIR
-from lib.runs import create_run
+from lib.core.cli import run_main
+from lib.core.config import config_dict, parse_config
+from lib.fusion.runs import load_runs
+from lib.stages.ensemble import run_ensemble
+from lib.core.paths import RUNS_DIR
+from lib.core.runs import create_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_config(build_parser(), argv)
     runs = load_runs(args.runs)
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
-    result = ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
+    result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
                       args.experiment)
     report(result, run_dir)
     return result

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.cli import run_main
-from lib.config import parse_config
-from lib.data import load_dataset
-from lib.errors import DataError
-from lib.fusion import FusionParams, RunSet, load_runs
-from lib.paths import REPO_DIR
-from lib.submission import demo_test_ba, fused_test, load_tuned_runs, write_submission
+from lib.core.cli import run_main
+from lib.core.config import parse_config
+from lib.data.dataset import load_dataset
+from lib.core.errors import DataError
+from lib.core.paths import REPO_DIR
+from lib.fusion.fuse import FusionParams
+from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
+from lib.stages.submission import demo_test_ba, fused_test, write_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_runs(args: argparse.Namespace) -> tuple[RunSet, FusionParams, str]:
     """The runs and fusion to use, and a description of where they come from."""
     if args.ensemble:
-        runs, params = load_tuned_runs(args.ensemble)
+        runs, params, _ = load_ensemble_runs(args.ensemble)
         return runs, params, f"ensemble {args.ensemble}"
     runs = load_runs(args.runs)
     return runs, FusionParams(weights={n: 1.0 for n in runs.names}), "equal-weight probability mean"
@@ -48,8 +49,8 @@ def test_ids_of(args: argparse.Namespace, runs: RunSet) -> tuple[Path, list[str]
     if not data_dir:
         raise DataError(f"{runs.paths[0]}: config.yaml records no data_dir; pass --data-dir")
     dataset = load_dataset(data_dir)
-    recorded = runs.configs[0].get("dataset_name")
-    if recorded and recorded != dataset.name:
+    recorded = runs.configs[0]["dataset_name"]
+    if recorded != dataset.name:
         raise DataError(f"{runs.paths[0]}: trained on {recorded}, but {data_dir} is {dataset.name}")
     return Path(data_dir), list(dataset.test.index)
 

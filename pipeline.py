@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from lib.cli import resolve_data_dir, run_main
-from lib.data import load_dataset
-from lib.paths import REPO_DIR, RUNS_DIR
+from lib.core.cli import run_main
+from lib.data.dataset import resolve_data_dir
+from lib.data.dataset import load_dataset
+from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 
 MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
 
@@ -23,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_DIR / "submission.csv")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="parent of the run directories")
     parser.add_argument("--fold-seed", type=int, default=42, help="which committed fold file to use")
+    parser.add_argument("--folds-dir", type=Path, default=FOLDS_DIR, help="where the fold files are")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="decoded-image, weights, embedding and "
+                        "morphometry caches")
     parser.add_argument("--cnn-config", default="configs/cnn_cpu.yaml", help="train_cnn.py preset")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
     return parser.parse_args(argv)
@@ -31,11 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(name, script + arguments) of every stage, in order."""
     data = ["--data-dir", str(data_dir)]
-    common = [*data, "--runs-dir", str(args.runs_dir), "--fold-seed", str(args.fold_seed), "--resume"]
+    folds = ["--fold-seed", str(args.fold_seed), "--folds-dir", str(args.folds_dir)]
+    common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
     run = {name: f"{tag}/{name}" for name in (*MODELS, "ensemble")}
     ensemble_dir = str(args.runs_dir / run["ensemble"])
     return [
-        ("prepare", ["prepare_data.py", *data, "--fold-seed", str(args.fold_seed)]),
+        ("prepare", ["prepare_data.py", *data, *folds]),
         ("clinical", ["train_clinical.py", *common, "--experiment", run["clinical"]]),
         ("morpho", ["train_clinical.py", *common, "--feature-set", "clinical+morpho", "--experiment", run["morpho"]]),
         ("cnn", ["train_cnn.py", "-c", args.cnn_config, *common, "--experiment", run["cnn"]]),

@@ -8,8 +8,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from lib.cli import run_main
-from lib.report.build import build_report
+from lib.core.cli import run_main
+from lib.stages.report.build import build_report
 
 
 def build_parser() -> argparse.ArgumentParser:

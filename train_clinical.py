@@ -8,10 +8,12 @@ searches feature set, penalty and C (lib/hpo/clinical.py), one run per trial und
 """
 import argparse
 
-from lib.cli import open_stage, run_main
-from lib.clinical_model import PENALTIES, parse_c, train_clinical
-from lib.config import add_common_args, parse_config
-from lib.features import FEATURE_SETS
+from lib.core.cli import run_main
+from lib.stages.context import open_stage
+from lib.models.clinical import PENALTIES, parse_c
+from lib.stages.clinical import train_clinical
+from lib.core.config import add_common_args, parse_config
+from lib.features.tables import FEATURE_SETS
 from lib.hpo import add_study_args, run_study
 
 
@@ -19,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Common options plus the clinical model's own."""
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
-                        help="patient features (see lib/features.py)")
+                        help="patient features (see lib/features/tables.py)")
     parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
     parser.add_argument("--C", type=parse_c, default=None,
                         help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")

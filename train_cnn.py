@@ -8,15 +8,15 @@ Examples:
   python train_cnn.py ... --folds 0 1 ; then --resume runs the other folds (finished folds are skipped)
   python train_cnn.py -c configs/cnn_cpu.yaml --data-dir ../shared/data/lymphocytosis --study cnn_hpo --trials 20
       # Optuna study over lib/hpo/cnn.py's space: runs/cnn_hpo/trial_<n>/, best.yaml, study_summary.json
-Writes runs/<experiment>/ (see lib/training/stage.py for the layout).
+Writes runs/<experiment>/ (see lib/stages/cnn.py for the layout).
 """
 import argparse
 
-from lib.cli import open_stage, resolve_data_dir, run_main
-from lib.config import add_common_args, parse_config
-from lib.data import load_dataset
+from lib.core.cli import run_main
+from lib.core.config import add_common_args, parse_config
 from lib.hpo import add_study_args, run_study
-from lib.training.stage import add_cnn_args, check_data, check_options, run_cnn
+from lib.stages.cnn import add_cnn_args, check_data, check_options, run_cnn
+from lib.stages.context import load_stage_data, open_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
         from lib.hpo.cnn import cnn_plan
         return run_study(args, parser, cnn_plan())
     setup = check_options(args)
-    args.data_dir = resolve_data_dir(args.data_dir)
-    check_data(args, load_dataset(args.data_dir))
-    stage = open_stage(args, default_experiment=f"cnn_{args.regime}")
+    dataset = load_stage_data(args)
+    check_data(args, dataset)
+    stage = open_stage(args, default_experiment=f"cnn_{args.regime}", dataset=dataset)
     metrics = run_cnn(stage, setup)
     if "ba_mean" in metrics:
         print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "

@@ -16,10 +16,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
-from lib.bench import publish  # noqa: E402
-from lib.features import FEATURE_SETS  # noqa: E402
-from lib.metrics import mean_std  # noqa: E402
-from lib.paths import SHARED_DATA_DIR  # noqa: E402
+from lib.core.bench import publish  # noqa: E402
+from lib.features.tables import FEATURE_SETS  # noqa: E402
+from lib.core.metrics import mean_std  # noqa: E402
+from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_seed(args: argparse.Namespace, feature_set: str, seed: int, runs_dir: Path) -> dict:
     """One cross-validation of the clinical model on the folds of one seed; its metrics.
 
-    Each run's log.txt handler replaces the previous one (lib.runs.attach_log_file), so runs in one
+    Each run's log.txt handler replaces the previous one (lib.core.runs.attach_log_file), so runs in one
     process never write into each other's logs.
     """
     return train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed),

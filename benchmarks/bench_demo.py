@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib.bench import publish  # noqa: E402
-from lib.paths import REPO_DIR  # noqa: E402
+from lib.core.bench import publish  # noqa: E402
+from lib.core.paths import REPO_DIR  # noqa: E402
 
 GOAL_SECONDS = 180  # issue 7: demo, install excluded, within 3 minutes
 OUTPUTS = ("submission.csv", "submission_proba.csv", "runs", "cache", "data")

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, cnn_run_speed, publish,  # noqa: E402
+from lib.core.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, cnn_run_speed, publish,  # noqa: E402
                        embed_rate_line, head_training_line)
-from lib.data import load_dataset  # noqa: E402
-from lib.metrics import mean_std  # noqa: E402
-from lib.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+from lib.data.dataset import load_dataset  # noqa: E402
+from lib.core.metrics import mean_std  # noqa: E402
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 
 BAG_SCORED = ["--eval-bags", "16"]  # max/top-k/CHOWDER: score on the 16-cell bags they were trained on
 VARIANTS = {

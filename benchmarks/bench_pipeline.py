@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402
-from lib.bench import cnn_run_speed, embed_rate_line, head_training_line, publish  # noqa: E402
-from lib.data import load_dataset  # noqa: E402
-from lib.metrics import mean_std  # noqa: E402
-from lib.paths import SHARED_DATA_DIR  # noqa: E402
+from lib.core.bench import cnn_run_speed, embed_rate_line, head_training_line, publish  # noqa: E402
+from lib.data.dataset import load_dataset  # noqa: E402
+from lib.core.metrics import mean_std  # noqa: E402
+from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 
 CNN_MODELS = ("cnn", "cnn_attention")
 

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
-from lib.bench import publish  # noqa: E402
-from lib.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.study import default_storage  # noqa: E402
+from lib.core.bench import publish  # noqa: E402
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+from lib.core.study import default_storage  # noqa: E402
 
 STUDY = "bench_cnn_study"
 

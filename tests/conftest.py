@@ -7,7 +7,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+WATCHED = ("folds", "cache", "runs", "data", "submission.csv", "submission_proba.csv")  # tests never write here
+
+
+def _repo_state() -> dict[str, int]:
+    """Every file under the watched repository paths (git-ignored ones too) with its modification time."""
+    files = {}
+    for name in WATCHED:
+        root = REPO / name
+        for path in ([root] if root.is_file() else root.rglob("*") if root.is_dir() else []):
+            if path.is_file():
+                files[str(path.relative_to(REPO))] = path.stat().st_mtime_ns
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_untouched():
+    """The suite writes only under tmp paths: no fold file, cache, run or submission appears in the repository."""
+    before = _repo_state()
+    yield
+    after = _repo_state()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"tests wrote into the repository: {', '.join(changed[:10])}"
 
 TRAIN_ROWS = [  # ID, LABEL, GENDER, DOB, LYMPH_COUNT: both DOB formats, a lowercase gender
     ("P1", "1", "M", "5/15/1942", "12.8"), ("P2", "0", "F", "19-12-1980", "5.1"),

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.augment import apply_batch, create_transform, dihedral, native_data_config, tta_views
-from lib.errors import DataError
+from lib.cnn.augment import apply_batch, create_transform, dihedral, native_data_config, tta_views
+from lib.core.errors import DataError
 
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.2, 0.4, 0.6), "std": (0.1, 0.2, 0.3)}
 

@@ -3,7 +3,7 @@ import timm
 import pytest
 import torch
 
-from lib.errors import DataError
+from lib.core.errors import DataError
 from lib.models.backbones import create_backbone, resolve_data_config
 from lib.models.weights import (
     CONVERTED_FILENAME,

@@ -1,6 +1,5 @@
 """Clinical model, the CV driver's fold discipline and resume, feature sets, and the end-to-end pipeline."""
 import argparse
-import functools
 import json
 
 import numpy as np
@@ -8,17 +7,17 @@ import pandas as pd
 import pytest
 
 import ensemble
-import lib.cli
-import lib.clinical_model as clinical_model
-import lib.folds
+import lib.data.folds
+import lib.models.clinical as clinical_model
+import lib.stages.clinical as clinical_stage
 import make_submission
 import train_clinical
 from conftest import cohort_rows, make_2024
-from lib.cli import Stage
-from lib.cv import check_unseen, cross_validate, fold_path
-from lib.data import load_dataset
-from lib.errors import DataError
-from lib.features import feature_table
+from lib.stages.context import Stage
+from lib.stages.cv import check_unseen, cross_validate, fold_path
+from lib.data.dataset import load_dataset
+from lib.core.errors import DataError
+from lib.features.tables import feature_table
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +26,14 @@ def cohort(tmp_path_factory):
     return make_2024(tmp_path_factory.mktemp("cohort") / "comp", train=train, test=test, n_cells=2, size=16)
 
 
-@pytest.fixture(scope="module")
-def local_folds(tmp_path_factory):
-    """Fold files go to a temporary folder, never the repository's folds/."""
-    with pytest.MonkeyPatch.context() as mp:
-        folds_dir = tmp_path_factory.mktemp("folds")
-        mp.setattr(lib.cli, "load_folds", functools.partial(lib.folds.load_folds, folds_dir=folds_dir))
-        yield folds_dir
-
-
 def train_args(cohort, runs_dir, *extra):
+    """Fold files and caches go beside the cohort, never into the repository."""
     return ["--data-dir", str(cohort), "--runs-dir", str(runs_dir), "--experiment", "clin", "--inner-folds", "3",
-            *extra]
+            "--folds-dir", str(cohort.parent / "folds"), "--cache-dir", str(cohort.parent / "cache"), *extra]
 
 
 @pytest.fixture(scope="module")
-def trained(cohort, local_folds, tmp_path_factory):
+def trained(cohort, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     metrics = train_clinical.main(train_args(cohort, runs_dir))
     return runs_dir / "clin", metrics
@@ -50,7 +41,7 @@ def trained(cohort, local_folds, tmp_path_factory):
 
 def make_stage(cohort, tmp_path) -> Stage:
     dataset = load_dataset(cohort)
-    folds = lib.folds.load_folds(dataset, 5, 42, folds_dir=tmp_path / "folds")
+    folds = lib.data.folds.load_folds(dataset, 5, 42, folds_dir=tmp_path / "folds")
     return Stage(argparse.Namespace(), dataset, folds, tmp_path / "run")
 
 
@@ -84,7 +75,7 @@ def test_clinical_model_fits_only_on_the_training_patients(cohort, tmp_path, mon
 
     monkeypatch.setattr(clinical_model, "make_model", spying_make)
     features = feature_table(stage.dataset, "clinical")
-    fit_predict = clinical_model.make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, 0, 3)
+    fit_predict = clinical_stage.make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, 0, 3)
     cross_validate(stage, fit_predict, folds_to_run=[1, 3])
     folds = stage.folds.set_index("ID")["fold"]
     assert len(fitted_on) == 2
@@ -149,9 +140,9 @@ def test_feature_sets(cohort, monkeypatch):
     assert ncells["log_n_images"].to_numpy() == pytest.approx(np.log(2.0))
     with pytest.raises(DataError, match="feature set 'bogus' is unknown"):
         feature_table(dataset, "bogus")
-    import lib.morphometry_features
+    import lib.features.morphometry.cache
     fake = pd.DataFrame({"area_mean": np.arange(len(dataset.patients), dtype=float)}, index=dataset.patients.index)
-    monkeypatch.setattr(lib.morphometry_features, "pooled_morphometry", lambda ds: fake)
+    monkeypatch.setattr(lib.features.morphometry.cache, "pooled_morphometry", lambda ds, **kw: fake)
     morpho = feature_table(dataset, "clinical+morpho")
     assert list(morpho.columns) == ["age", "log_lymph", "gender_m", "area_mean"] and len(morpho) == 36
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from lib import demo
-from lib.demo import build as demo_build
-from lib.clinical import age_years, normalise_gender, parse_dob
-from lib.errors import DataError
+from lib.data import demo
+from lib.data.demo import build as demo_build
+from lib.data.clinical import age_years, normalise_gender, parse_dob
+from lib.core.errors import DataError
 
 TINY = {"n_train": 6, "n_test": 3, "cells": (16, 18), "seed": 0}
 HEADER = "ID,LABEL,GENDER,DOB,LYMPH_COUNT"

@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-import lib.embed as embed
-from lib.augment import apply_batch, create_transform
-from lib.data import load_dataset
-from lib.embed import (EmbedJob, EmbedSpec, build_backbone, compute_embeddings, embed_data_config, resolve_device,
-                       resolve_weights, view_paths, weights_tag)
-from lib.errors import DataError
-from lib.images import read_image, center_crop
+import lib.cnn.embedding as embed
+from lib.cnn.augment import apply_batch, create_transform
+from lib.data.dataset import load_dataset
+from lib.cnn.device import resolve_device
+from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, view_paths
+from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
+from lib.core.errors import DataError
+from lib.data.images import read_image, center_crop
 from conftest import make_2024
 
 BACKBONE = "test_efficientnet"
@@ -23,7 +24,7 @@ def dataset(tmp_path):
 def setup(dataset, n_views=1, n_tta=1, crop=24):
     model = build_backbone(BACKBONE, None, seed=0)
     config = embed_data_config(model, crop, "crop")
-    spec = EmbedSpec(dataset.name, BACKBONE, "rand0", crop, crop, "light", n_views, n_tta)
+    spec = EmbedSpec(dataset.name, BACKBONE, "rand0", crop, crop, "light", n_views, n_tta, "fp32", code_tag())
     return spec, EmbedJob(model, config, torch.device("cpu"), None, batch_size=5, progress=False)
 
 
@@ -38,7 +39,7 @@ def test_views_cover_the_right_cells_and_are_cached(dataset, tmp_path):
     assert np.isnan(emb.arrays["light_v1"][is_test]).all() and np.isfinite(emb.arrays["light_v1"][~is_test]).all()
     assert not np.array_equal(emb.arrays["v0"], emb.arrays["d4"])
     array_path, index_path = view_paths(spec, "light_v1", tmp_path / "cache")
-    assert array_path.name == f"{BACKBONE}_rand0_c24_light_v1.npy" and index_path.exists()
+    assert array_path.name == f"{BACKBONE}_rand0_c24_fp32_{code_tag()}_light_v1.npy" and index_path.exists()
     assert array_path.parent.name == dataset.name
 
 
@@ -88,10 +89,12 @@ def test_cache_key_follows_the_weights_content_and_the_crop(tmp_path):
     tags = {weights_tag(build_backbone(BACKBONE, tmp_path / name, seed=5)) for name in ("a.pth", "b.pth")}
     assert tags == {weights_tag(model)} and len(tags.pop()) == 8
     assert weights_tag(build_backbone(BACKBONE, None, seed=1)) != weights_tag(model)
-    a = EmbedSpec("d", "m", "t", 112, 112, "light", 1, 0)
-    b = EmbedSpec("d", "m", "t", 96, 96, "light", 1, 0)
-    c = EmbedSpec("d", "m", "t", 112, 224, "light", 1, 0)
-    assert len({view_paths(s, "v0", tmp_path)[0] for s in (a, b, c)}) == 3
+    a = EmbedSpec("d", "m", "t", 112, 112, "light", 1, 0, "fp32", "c0de00")
+    b = EmbedSpec("d", "m", "t", 96, 96, "light", 1, 0, "fp32", "c0de00")
+    c = EmbedSpec("d", "m", "t", 112, 224, "light", 1, 0, "fp32", "c0de00")
+    d = EmbedSpec("d", "m", "t", 112, 112, "light", 1, 0, "bf16", "c0de00")  # autocast dtype changes the numbers
+    e = EmbedSpec("d", "m", "t", 112, 112, "light", 1, 0, "fp32", "c0de01")  # so does the transform code
+    assert len({view_paths(s, "v0", tmp_path)[0] for s in (a, b, c, d, e)}) == 5
 
 
 def test_weights_and_device_errors(tmp_path):

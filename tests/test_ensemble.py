@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 import ensemble
-import lib.fusion as fusion
-from lib.errors import DataError
-from lib.fusion import FusionParams, ecdf, fuse, load_runs
+import lib.fusion.fuse as fusion
+import lib.fusion.tune as tuning
+from lib.core.errors import DataError
+from lib.fusion.fuse import FusionParams, ecdf, fuse, fused_ba
+from lib.fusion.runs import load_runs
 
 N = 30
 IDS = [f"P{i}" for i in range(N)]
@@ -111,7 +113,7 @@ def test_ensemble_writes_params_metrics_and_plots_and_enqueues_equal_weights(two
     for name in ("study.db", "roc.png", "optimization_history.png", "oof.csv"):
         assert (run_dir / name).exists(), name
     study = fusion_study(run_dir)
-    assert study.trials[0].params == fusion.equal_trial_params(["clin", "cnn"])
+    assert study.trials[0].params == tuning.equal_trial_params(["clin", "cnn"])
     assert "honest" in capsys.readouterr().out
 
 
@@ -140,21 +142,27 @@ def test_mismatched_runs_are_refused_before_a_run_dir_is_made(tmp_path):
 
 def test_nested_estimate_never_tunes_on_the_fold_it_scores(two_runs, tmp_path, monkeypatch):
     runs = load_runs(two_runs)
-    tuned_on, real_tune = [], fusion.tune
-    monkeypatch.setattr(fusion, "tune", lambda probas, *a: tuned_on.append(set(probas.index)) or real_tune(probas, *a))
-    result = fusion.nested_estimate(runs, tmp_path, "n", n_trials=2, seed=0)
+    tuned_on, real_tune = [], tuning.tune
+    monkeypatch.setattr(tuning, "tune", lambda probas, *a: tuned_on.append(set(probas.index)) or real_tune(probas, *a))
+    result = tuning.nested_estimate(runs, tmp_path, "n", n_trials=8, seed=0)
     assert len(tuned_on) == 5
     for k, ids in enumerate(tuned_on):
         held = set(runs.fold.index[runs.fold == k])
         assert ids.isdisjoint(held) and ids | held == set(IDS)
-    assert 0 <= result["ba_mean"] <= 1 and not (tmp_path / "study.db").exists()
+    assert not (tmp_path / "study.db").exists()
+    for k, params in result["params_per_fold"].items():  # each fold is scored with the fusion tuned without it
+        held, rest = runs.fold.index[runs.fold == k], runs.fold.index[runs.fold != k]
+        expected = fused_ba(runs.oof.loc[held], runs.target, FusionParams(**params), reference=runs.oof.loc[rest])
+        assert result["per_fold_ba"][k] == pytest.approx(expected)
+    assert result["ba_mean"] == pytest.approx(np.mean(list(result["per_fold_ba"].values())))
+    assert result["ba_mean"] > 0.6  # both runs are informative (about 0.8 BA alone): far above chance
 
 
 def test_model_baseline_threshold_is_tuned_on_other_folds_only():
     target = pd.Series(TARGET, index=IDS)
     fold = pd.Series(FOLDS, index=IDS)
     perfect = pd.Series(np.where(TARGET == 1, 0.3, 0.1), index=IDS)  # separable, but below 0.5
-    b = fusion.model_baseline(perfect, target, fold)
+    b = tuning.model_baseline(perfect, target, fold)
     assert b["ba_at_0.5_mean"] == 0.5 and b["pooled_ba_at_tuned_threshold"] == 1.0
     assert b["nested_tuned_threshold_ba_mean"] == 1.0 and 0.1 < b["tuned_threshold"] <= 0.3
 

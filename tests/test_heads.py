@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.errors import DataError
+from lib.core.errors import DataError
 from lib.models.anomaly import anomaly_scores, fit_anomaly_model
 from lib.models.heads import HEAD_NAMES, create_head
 

@@ -1,6 +1,5 @@
 """Study mode of train_clinical.py / train_cnn.py (lib.hpo): search-space mapping, pruning, best.yaml that
 reproduces the best trial, resume after a SIGKILL mid-trial, two concurrent workers on SQLite and PostgreSQL."""
-import functools
 import json
 import os
 import signal
@@ -19,19 +18,17 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-import lib.cli
-import lib.folds
 import lib.hpo.clinical
 import lib.hpo.cnn
 import lib.hpo.runner
 import train_clinical
 import train_cnn
 from conftest import cohort_rows, make_2024, write_jpg
-from lib.config import config_dict, parse_config
-from lib.errors import DataError
+from lib.core.config import config_dict, parse_config
+from lib.core.errors import DataError
 from lib.hpo.space import Param, apply, current_values
-from lib.paths import CONFIGS_DIR
-from lib.study import default_storage, open_study, run_trials, with_installed_driver
+from lib.core.paths import CONFIGS_DIR
+from lib.core.study import default_storage, open_study, run_trials, with_installed_driver
 
 REPO = Path(__file__).resolve().parent.parent
 NO_MORPHO = ("clinical", "clinical+ncells")  # morphometry would be computed into the repository's cache/
@@ -54,27 +51,27 @@ def cohort(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folds_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("folds")
+def folds_dir(cohort) -> Path:
+    """Fold files of the synthetic data go beside it (every argv names it with --folds-dir)."""
+    return cohort.parent / "folds"
 
 
 @pytest.fixture(autouse=True)
-def local_folds(folds_dir, monkeypatch):
-    """Fold files of the synthetic data go to tmp; the clinical space leaves out morphometry."""
-    monkeypatch.setattr(lib.cli, "load_folds", functools.partial(lib.folds.load_folds, folds_dir=folds_dir))
+def no_morpho(monkeypatch):
+    """The clinical space leaves out morphometry (slow to compute for a test)."""
     monkeypatch.setattr(lib.hpo.clinical, "FEATURE_SET_CHOICES", NO_MORPHO)
 
 
 def clinical_argv(cohort: Path, runs: Path, study: str, trials: int, *extra: str) -> list[str]:
     return ["--data-dir", str(cohort), "--runs-dir", str(runs), "--n-folds", "3", "--inner-folds", "3",
-            "--study", study, "--trials", str(trials), *extra]
+            "--folds-dir", str(cohort.parent / "folds"), "--study", study, "--trials", str(trials), *extra]
 
 
 def load(runs: Path, study: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=with_installed_driver(storage or default_storage(runs / study)))
 
 
-# ----------------------------------------------------------------------------- lib.study additions
+# ----------------------------------------------------------------------------- lib.core.study additions
 def test_trial_number_seeds_the_sampler_whatever_came_before(tmp_path):
     def objective(trial):
         return trial.suggest_float("x", 0, 1)
@@ -127,11 +124,13 @@ def test_study_refuses_other_base_settings_and_single_run_options(cohort, tmp_pa
     with pytest.raises(DataError, match=r"other settings \(inner_folds\)"):
         train_clinical.main(clinical_argv(cohort, tmp_path, "s", 2, "--inner-folds", "2"))
     with pytest.raises(DataError, match="--folds cannot be used with --study"):
-        train_cnn.main(["--data-dir", str(cohort), "--study", "x", "--folds", "0"])
+        train_cnn.main(["--data-dir", str(cohort), "--folds-dir", str(cohort.parent / "folds"), "--study", "x",
+                        "--folds", "0"])
 
 
 def test_runs_made_before_the_study_options_existed_still_resume(cohort, tmp_path):
-    argv = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path), "--n-folds", "3", "--experiment", "old"]
+    argv = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path), "--n-folds", "3", "--experiment", "old",
+            "--folds-dir", str(cohort.parent / "folds")]
     train_clinical.main(argv)
     saved = tmp_path / "old" / "config.yaml"
     config = yaml.safe_load(saved.read_text())
@@ -177,7 +176,8 @@ def test_clinical_study_prunes_summarises_and_best_yaml_reproduces(cohort, tmp_p
     assert (out / "optimization_history.png").stat().st_size > 1000 and (out / "trials.csv").exists()
     config = yaml.safe_load((out / "best.yaml").read_text())
     assert not {"study", "trials", "storage", "experiment", "runs_dir"} & set(config)
-    metrics = train_clinical.main(["-c", str(out / "best.yaml"), "--runs-dir", str(tmp_path), "--experiment", "again"])
+    metrics = train_clinical.main(["-c", str(out / "best.yaml"), "--runs-dir", str(tmp_path), "--experiment", "again",
+                                   "--folds-dir", str(cohort.parent / "folds")])
     assert metrics["ba_mean"] == best.value
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "oof.csv"),
                                   pd.read_csv(out / f"trial_{best.number}" / "oof.csv"))
@@ -190,13 +190,13 @@ def test_cnn_study_best_yaml_reproduces_the_best_trial(cohort, tmp_path, monkeyp
     tiny = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
             "--backbone", "test_efficientnet", "--weights", "none", "--crop", "24", "--epochs", "2",
             "--bag-size", "3", "--views", "1", "--tta", "1", "--n-folds", "3", "--head-args", "{hidden_dim: 8}",
-            "--batch-patients", "4", "--head", "mean", "--no-progress"]
+            "--batch-patients", "4", "--head", "mean", "--no-progress", "--folds-dir", str(cohort.parent / "folds")]
     summary = train_cnn.main([*tiny, "--study", "cnn", "--trials", "3", "--no-prune"])
     best = summary["best"]
     assert summary["finished"] == 3 and best is not None
     assert yaml.safe_load((tmp_path / "cnn" / "trial_0" / "config.yaml").read_text())["head"] == "mean"
     metrics = train_cnn.main(["-c", str(tmp_path / "cnn" / "best.yaml"), "--runs-dir", str(tmp_path),
-                              "--experiment", "again"])
+                              "--experiment", "again", "--folds-dir", str(cohort.parent / "folds")])
     assert metrics["ba_mean"] == best["value"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "oof.csv"),
                                   pd.read_csv(tmp_path / "cnn" / f"trial_{best['number']}" / "oof.csv"))
@@ -207,10 +207,9 @@ WORKER = """
 import functools, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-import lib.cli, lib.folds, lib.hpo.clinical, lib.clinical_model as clinical_model
-lib.cli.load_folds = functools.partial(lib.folds.load_folds, folds_dir=Path({folds!r}))
+import lib.hpo.clinical, lib.stages.clinical as clinical_stage
 lib.hpo.clinical.FEATURE_SET_CHOICES = {choices!r}
-real = clinical_model.make_fit_predict
+real = clinical_stage.make_fit_predict
 
 def patched(features, labels, run_dir, *rest):
     fit_predict = real(features, labels, run_dir, *rest)
@@ -218,7 +217,7 @@ def patched(features, labels, run_dir, *rest):
         hook(Path(run_dir).name, k)
         return fit_predict(train, valid, test, k)
     return fold
-clinical_model.make_fit_predict = patched
+clinical_stage.make_fit_predict = patched
 {hook}
 import train_clinical
 train_clinical.main({argv!r})

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lib.data import load_dataset
-from lib.errors import DataError
-from lib.images import cache_paths, center_crop, load_image_cache, read_image
+from lib.data.dataset import load_dataset
+from lib.core.errors import DataError
+from lib.data.images import cache_paths, center_crop, load_image_cache, read_image
 
 
 def test_cache_holds_center_crops_of_every_image_and_is_reused(data_2024, tmp_path):

@@ -3,7 +3,7 @@ import pandas as pd
 import yaml
 
 import pipeline
-from lib.demo import generate_demo
+from lib.data.demo import generate_demo
 
 TINY_CNN = {"regime": "embed", "backbone": "test_efficientnet", "weights": "none", "crop": 32,
             "input_size": "crop", "aug": "light", "views": 1, "tta": 1, "head": "mean", "bag_size": 4,
@@ -17,7 +17,8 @@ def test_pipeline_writes_report_and_a_valid_submission(tmp_path):
     config.write_text(yaml.safe_dump(TINY_CNN))
     out = tmp_path / "submission.csv"
     seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
-                             "--cnn-config", str(config), "--trials", "8"])
+                             "--cnn-config", str(config), "--trials", "8",
+                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
     assert list(seconds) == ["prepare", "clinical", "morpho", "cnn", "cnn_attention", "ensemble", "report",
                              "submission"]
     submission = pd.read_csv(out, dtype={"Id": str})

@@ -11,12 +11,14 @@ import yaml
 
 import report
 from conftest import make_2024
-from lib.data import load_dataset
-from lib.errors import DataError
-from lib.fusion import FusionParams, fuse, load_runs, write_outputs
-from lib.report.montage import choose_patients, extreme_cells
-from lib.runs import test_table as wide_test_table  # aliased: pytest would collect test_*
-from lib.runs import write_predictions
+from lib.data.dataset import load_dataset
+from lib.core.errors import DataError
+from lib.fusion.fuse import FusionParams, fuse
+from lib.fusion.runs import load_runs
+from lib.stages.ensemble import write_outputs
+from lib.stages.report.montage import choose_patients, extreme_cells
+from lib.core.runs import test_table as wide_test_table  # aliased: pytest would collect test_*
+from lib.core.runs import write_predictions
 
 N_TRAIN, N_TEST, N_FOLDS, N_CELLS = 12, 3, 3, 5
 QUALITY = ["roc.png", "confusion.png", "folds.png", "calibration.png"]
@@ -58,7 +60,7 @@ def make_run(root: Path, name: str, data_dir: Path, probas: np.ndarray, cells: b
 
 
 def make_ensemble(root: Path, run_dirs: list[Path], threshold: float = 0.5) -> Path:
-    """An ensemble run written by lib.fusion's own writer (best_params.json, metrics.json, oof.csv)."""
+    """An ensemble run written by lib.stages.ensemble's own writer (best_params.json, metrics.json, oof.csv)."""
     runs = load_runs(run_dirs)
     best = FusionParams(weights={n: 1.0 / len(runs.names) for n in runs.names}, method="prob_mean",
                         threshold=threshold)

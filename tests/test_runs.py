@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from lib.errors import DataError
-from lib.paths import REPO_DIR
-from lib.runs import create_run
+from lib.core.errors import DataError
+from lib.core.paths import REPO_DIR
+from lib.core.runs import create_run
 
 
 def test_runs_refuse_overwrite_and_keep_their_logs_apart(tmp_path):
@@ -27,8 +27,8 @@ def test_runs_refuse_overwrite_and_keep_their_logs_apart(tmp_path):
 
 
 def test_lymph_cache_dir_moves_every_cache(tmp_path):
-    """LYMPH_CACHE_DIR (how bench_pipeline --cold starts from empty caches) sets lib.paths.CACHE_DIR."""
-    code = "from lib.paths import CACHE_DIR, REPO_DIR; print(CACHE_DIR); print(REPO_DIR / 'cache')"
+    """LYMPH_CACHE_DIR (how bench_pipeline --cold starts from empty caches) sets lib.core.paths.CACHE_DIR."""
+    code = "from lib.core.paths import CACHE_DIR, REPO_DIR; print(CACHE_DIR); print(REPO_DIR / 'cache')"
     env = {**os.environ, "LYMPH_CACHE_DIR": str(tmp_path / "c")}
     moved = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_DIR, capture_output=True, text=True)
     assert moved.stdout.split("\n")[0] == str((tmp_path / "c").resolve())

@@ -1,4 +1,4 @@
-"""lib.study: seeded resumable studies, top-up, stale (killed) trials marked FAIL, summaries and plots."""
+"""lib.core.study: seeded resumable studies, top-up, stale (killed) trials marked FAIL, summaries and plots."""
 import logging
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lib.study import count_done, open_study, run_trials, save_study_plots, top_trials_summary
+from lib.core.study import count_done, open_study, run_trials, save_study_plots, top_trials_summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def test_run_trials_tops_up_a_reopened_study(tmp_path):
 KILLED_WORKER = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
-from lib.study import open_study, run_trials
+from lib.core.study import open_study, run_trials
 
 def objective(trial):
     x = trial.suggest_float("x", 0, 1)
@@ -62,7 +62,7 @@ def test_trial_of_a_killed_process_is_marked_fail_and_the_study_resumes(tmp_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 9, done.stderr
     time.sleep(2.5)  # heartbeat now older than the 1 s grace period
-    with caplog.at_level(logging.WARNING, logger="lib.study"):
+    with caplog.at_level(logging.WARNING, logger="lib.core.study"):
         study = open_study("k", None, tmp_path, seed=0, heartbeat_interval=1, grace_period=1)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL]

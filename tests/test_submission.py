@@ -1,5 +1,6 @@
 """Submission writing and validation; make_submission.py from runs and from a tuned ensemble."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -8,9 +9,11 @@ import yaml
 
 import make_submission
 from conftest import make_2024
-from lib.errors import DataError
-from lib.fusion import FusionParams, load_runs
-from lib.submission import demo_test_ba, proba_path, validate_submission, write_submission
+from lib.core.errors import DataError
+from lib.data.dataset import load_dataset
+from lib.fusion.fuse import FusionParams
+from lib.fusion.runs import load_runs
+from lib.stages.submission import demo_test_ba, proba_path, validate_submission, write_submission
 
 TEST_IDS = ["P7", "P8", "P9"]
 
@@ -65,7 +68,8 @@ def write_run(path, data_dir, seed, test_ids=("P7", "P8")):
                   "proba": rng.uniform(0, 1, 6)}).to_csv(path / "oof.csv", index=False)
     test = pd.DataFrame({"ID": list(test_ids), **{f"fold_{k}": rng.uniform(0, 1, len(test_ids)) for k in range(3)}})
     test.assign(proba=test.filter(like="fold_").mean(axis=1)).to_csv(path / "test.csv", index=False)
-    (path / "config.yaml").write_text(yaml.safe_dump({"data_dir": str(data_dir)}))
+    config = {"data_dir": str(data_dir), "dataset_name": load_dataset(data_dir).name}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
     return path
 
 
@@ -115,6 +119,29 @@ def test_ensemble_params_are_used_and_changed_runs_refused(data_dir, tmp_path, c
         with pytest.raises(DataError, match=message):
             make_submission.main(["--ensemble", str(ens), "--out", str(tmp_path / "sub2.csv")])
     assert not (tmp_path / "sub2.csv").exists()
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("flip_test", "predictions \\(oof.csv/test.csv\\) changed"),  # test.csv probabilities edited to 1 - p
+    ("remake", "predictions \\(oof.csv/test.csv\\) changed"),  # the run re-made (same IDs, folds, targets)
+    ("move", "is not there"),  # moved away: no fall-back to a same-named sibling of the ensemble run
+])
+def test_ensemble_refuses_runs_whose_predictions_changed(data_dir, tmp_path, tamper, message):
+    runs = [write_run(tmp_path / "a", data_dir, 0), write_run(tmp_path / "b", data_dir, 1)]
+    (tmp_path / "ensembles").mkdir()
+    ens = write_ensemble(tmp_path / "ensembles" / "ens", runs, FusionParams({"a": 0.5, "b": 0.5}, "prob_mean", 0.5))
+    if tamper == "flip_test":
+        test = pd.read_csv(runs[1] / "test.csv")
+        test["proba"] = 1 - test["proba"]
+        test.to_csv(runs[1] / "test.csv", index=False)
+    elif tamper == "remake":
+        shutil.rmtree(runs[1])
+        write_run(runs[1], data_dir, seed=7)
+    else:
+        shutil.move(runs[1], tmp_path / "ensembles" / "b")  # now a same-named sibling of the ensemble run
+    with pytest.raises(DataError, match=message):
+        make_submission.main(["--ensemble", str(ens), "--out", str(tmp_path / "sub.csv")])
+    assert not (tmp_path / "sub.csv").exists()
 
 
 def test_demo_test_ba(tmp_path):

@@ -1,6 +1,5 @@
 """train_cnn.py end to end on a tiny synthetic competition directory: both regimes, outputs, determinism,
 cache reuse, fold subsets and resume (also of a killed finetune run), anomaly-fit discipline, bad inputs."""
-import functools
 import re
 import json
 from pathlib import Path
@@ -12,15 +11,14 @@ import timm
 import torch
 import yaml
 
-import lib.cli
-import lib.finetune
-import lib.folds
-import lib.training.embed_mil as embed_mil
+import lib.cnn.embed_mil as embed_mil
+import lib.cnn.finetune
 import train_cnn
 from conftest import make_2024, write_jpg
-from lib.cli import run_main
-from lib.errors import DataError
-from lib.training.common import standardise_clinical
+from lib.core.cli import run_main
+from lib.core.errors import DataError
+from lib.core.metrics import fold_metrics
+from lib.cnn.common import standardise_clinical
 
 N_TRAIN, N_TEST, N_CELLS = 30, 6, 3
 
@@ -39,16 +37,10 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def local_folds(tmp_path, monkeypatch):
-    """Fold files of the synthetic data go to tmp, not to the repository's folds/."""
-    monkeypatch.setattr(lib.cli, "load_folds", functools.partial(lib.folds.load_folds, folds_dir=tmp_path / "folds"))
-
-
 def run(data_dir: Path, tmp_path: Path, experiment: str, *extra: str) -> dict:
     """main() with the tiny settings; caches and runs under tmp_path."""
     argv = ["--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
-            "--experiment", experiment, "--backbone", "test_efficientnet", "--weights", "none", "--crop", "24",
+            "--folds-dir", str(tmp_path / "folds"), "--experiment", experiment, "--backbone", "test_efficientnet", "--weights", "none", "--crop", "24",
             "--epochs", "2", "--bag-size", "3", "--views", "1", "--tta", "1", "--n-folds", "3",
             "--head-args", "{hidden_dim: 16}", "--batch-patients", "4", "--no-progress", *extra]
     return train_cnn.main(argv)
@@ -57,8 +49,8 @@ def run(data_dir: Path, tmp_path: Path, experiment: str, *extra: str) -> dict:
 def test_embed_regime_writes_every_output(data_dir, tmp_path):
     metrics = run(data_dir, tmp_path, "e", "--clinical-fusion")
     out = tmp_path / "runs" / "e"
-    assert 0 <= metrics["ba_mean"] <= 1
     oof = pd.read_csv(out / "oof.csv", dtype={"ID": str})
+    assert metrics == json.loads(json.dumps(fold_metrics(oof, 0.5)))  # the returned metrics are those of oof.csv
     assert len(oof) == N_TRAIN and oof["proba"].between(0, 1).all() and set(oof["fold"]) == {0, 1, 2}
     test = pd.read_csv(out / "test.csv", dtype={"ID": str})
     assert len(test) == N_TEST and {"fold_0", "fold_1", "fold_2", "proba"} <= set(test.columns)
@@ -136,7 +128,7 @@ def test_finetune_resumes_a_killed_run_from_its_last_epoch(data_dir, tmp_path, m
         epochs_run.append(epoch)
         if epoch == 0:
             raise KeyboardInterrupt
-    monkeypatch.setattr(lib.finetune, "after_epoch", killed)
+    monkeypatch.setattr(lib.cnn.finetune, "after_epoch", killed)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, tmp_path, "killed", *finetune)
     out = tmp_path / "runs" / "killed" / "fold_0"
@@ -177,7 +169,8 @@ def test_weights_that_do_not_match_the_backbone_are_refused(data_dir, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_is_a_one_line_error(data_dir, tmp_path, capsys):
-    argv = ["--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--device", "cuda"]
+    argv = ["--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--folds-dir", str(tmp_path / "folds"),
+            "--device", "cuda"]
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: train_cnn.main(argv))
     assert exit_info.value.code == 2
@@ -188,7 +181,7 @@ def test_cuda_without_cuda_is_a_one_line_error(data_dir, tmp_path, capsys):
 
 def test_eval_bags_average_random_bags_of_the_training_size():
     from lib.models import create_head
-    from lib.training.common import eval_subsets, score_bag
+    from lib.cnn.common import eval_subsets, score_bag
     rng = np.random.default_rng(0)
     assert [len(s) for s in eval_subsets(10, 4, 3, rng)] == [4, 4, 4]
     assert [len(s) for s in eval_subsets(3, 4, 3, rng)] == [3]  # a bag smaller than the bag size: all cells
@@ -211,8 +204,8 @@ def test_top_k_head_with_eval_bags_runs_end_to_end(data_dir, tmp_path):
 
 
 def test_benchmark_speed_figures_are_read_from_a_run(data_dir, tmp_path):
-    """lib.bench reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
-    from lib.bench import cnn_run_speed, embed_rate_line, head_training_line
+    """lib.core.bench reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
+    from lib.core.bench import cnn_run_speed, embed_rate_line, head_training_line
     run(data_dir, tmp_path, "cold", "--head", "mean")
     run(data_dir, tmp_path, "warm", "--head", "mean")
     cold, warm = cnn_run_speed(tmp_path / "runs" / "cold"), cnn_run_speed(tmp_path / "runs" / "warm")

@@ -10,10 +10,11 @@ import argparse
 
 from optuna.distributions import CategoricalDistribution
 
-from lib.cli import Stage
-from lib.data import Dataset
-from lib.hpo.space import Param
+from lib.data.dataset import Dataset
 from lib.hpo.runner import StudyPlan
+from lib.hpo.space import Param
+from lib.stages.clinical import train_clinical
+from lib.stages.context import Stage
 
 FEATURE_SET_CHOICES = ("clinical", "clinical+ncells", "clinical+morpho")
 PENALTY_CHOICES = ("l2", "l1")
@@ -36,7 +37,6 @@ def check_trial(args: argparse.Namespace, dataset: Dataset) -> None:
 
 def train_trial(stage: Stage, setup: None) -> dict:
     """Cross-validate one trial through train_clinical.py's code path."""
-    from lib.clinical_model import train_clinical
     return train_clinical(stage)
 
 

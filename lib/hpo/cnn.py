@@ -15,11 +15,13 @@ import inspect
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lib.augment import STRENGTHS
-from lib.cli import Stage
-from lib.data import Dataset
-from lib.hpo.space import Param
+from lib.cnn.augment import STRENGTHS
+from lib.data.dataset import Dataset
 from lib.hpo.runner import StudyPlan
+from lib.hpo.space import Param
+from lib.models.heads import HEADS
+from lib.stages.cnn import check_data, check_options, run_cnn
+from lib.stages.context import Stage
 
 MIL_HEADS = ("mean", "attention", "instance_bn", "topk", "chowder")
 TOPK_HEADS = ("topk", "chowder")
@@ -28,7 +30,6 @@ BAG_SIZES = (8, 16, 32, 0)
 
 def _head_options(head: str) -> dict:
     """Keyword options (with defaults) that a MIL head accepts."""
-    from lib.models.heads import HEADS
     params = inspect.signature(HEADS[head].__init__).parameters
     return {n: p.default for n, p in params.items() if n not in ("self", "in_dim", "clinical_dim")}
 
@@ -70,7 +71,6 @@ def drop_foreign_head_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def check_trial(args: argparse.Namespace, dataset: Dataset):
     """train_cnn.py's own option and data checks; returns the resolved setup."""
-    from lib.training.stage import check_data, check_options
     setup = check_options(args)
     check_data(args, dataset)
     return setup
@@ -78,7 +78,6 @@ def check_trial(args: argparse.Namespace, dataset: Dataset):
 
 def train_trial(stage: Stage, setup) -> dict:
     """Cross-validate one trial through train_cnn.py's code path."""
-    from lib.training.stage import run_cnn
     return run_cnn(stage, setup)
 
 

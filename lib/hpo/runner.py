@@ -1,9 +1,9 @@
 """Study mode of the training scripts: every trial is a normal run of the script with the trial's settings.
 
-``run_study`` loads the data and folds once, opens (or resumes) the study through lib.study, enqueues the
+``run_study`` loads the data and folds once, opens (or resumes) the study through lib.core.study, enqueues the
 script's current settings as the first trial, then runs trials until the study (all workers together)
 holds ``--trials`` finished ones. A trial applies its values to the settings, passes the script's own
-checks, creates ``runs/<study>/trial_<n>/`` with lib.runs.create_run (config.yaml, code version,
+checks, creates ``runs/<study>/trial_<n>/`` with lib.core.runs.create_run (config.yaml, code version,
 log.txt) and cross-validates through the script's own code; the objective is the mean over the folds of
 the per-fold balanced accuracy at 0.5 (``ba_mean`` of metrics.json). After each fold the running mean is
 reported and Optuna's median pruner may stop the trial (from the second fold on: one fold of ~7 reactive
@@ -31,24 +31,23 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-from lib import cli
-from lib.cli import Stage
-from lib.config import config_dict
-from lib.cv import OnFold
-from lib.data import Dataset, load_dataset
-from lib.errors import DataError
+from lib.core.config import config_dict
+from lib.data.dataset import Dataset
+from lib.data.folds import load_folds
+from lib.stages.context import OnFold, Stage, folds_dir, load_stage_data
+from lib.core.errors import DataError
 from lib.hpo.space import Param, apply, current_values, suggest
-from lib.io import atomic_write_csv, atomic_write_json, atomic_write_text
-from lib.metrics import fold_metrics
-from lib.paths import RUNS_DIR
-from lib.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
-from lib.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials,
+from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from lib.core.metrics import fold_metrics
+from lib.core.paths import RUNS_DIR
+from lib.core.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
+from lib.core.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials,
                        safe_url, save_study_plots, top_trials_summary)
 
 log = logging.getLogger(__name__)
 STUDY_OPTIONS = ("study", "trials", "storage", "heartbeat", "prune")
-NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "resume", "verbose", "progress", "folds", *STUDY_OPTIONS}
-NOT_COMPARED = set(NOT_COMPARED_ON_RESUME) | set(STUDY_OPTIONS) | {"experiment", "runs_dir", "data_dir", "cache_dir"}
+NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "folds_dir", "resume", "verbose", "progress", "folds", *STUDY_OPTIONS}
+NOT_COMPARED = set(NOT_COMPARED_ON_RESUME) | set(STUDY_OPTIONS) | {"experiment", "runs_dir", "folds_dir", "data_dir", "cache_dir"}
 TOP_K = 5
 PRUNER_STARTUP_TRIALS = 5
 CAUGHT = (ValueError, RuntimeError)  # a trial failing with these is marked FAIL and the study goes on
@@ -69,13 +68,6 @@ class StudyPlan:
     check: Callable[[argparse.Namespace, Dataset], Any]
     train: Callable[[Stage, Any], dict]
     fixup: Callable[[argparse.Namespace], argparse.Namespace] = _same
-
-
-@dataclass
-class TrialStage(Stage):
-    """A stage whose cross-validation reports every fold to the trial (lib.cv calls ``on_fold``)."""
-
-    on_fold: OnFold | None = None
 
 
 def add_study_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -130,11 +122,9 @@ def _check_study_args(args: argparse.Namespace) -> None:
 
 
 def _load_data(args: argparse.Namespace) -> tuple[Dataset, pd.DataFrame]:
-    """Data and committed folds, loaded once for every trial (the same loaders as lib.cli.open_stage)."""
-    args.data_dir = cli.resolve_data_dir(args.data_dir)
-    dataset = load_dataset(args.data_dir)
-    args.dataset_name = dataset.name
-    return dataset, cli.load_folds(dataset, args.n_folds, args.fold_seed)
+    """Data and committed folds, loaded once for every trial (the same loaders as lib.stages.context.open_stage)."""
+    dataset = load_stage_data(args)
+    return dataset, load_folds(dataset, args.n_folds, args.fold_seed, folds_dir(args))
 
 
 def make_pruner(prune: bool) -> optuna.pruners.BasePruner:
@@ -221,17 +211,17 @@ def trial_settings(args: argparse.Namespace, plan: StudyPlan, space: list[Param]
 
 
 def open_trial_stage(trial: optuna.Trial, trial_args: argparse.Namespace, dataset: Dataset, folds: pd.DataFrame,
-                     run_dir: Path) -> TrialStage:
+                     run_dir: Path) -> Stage:
     """Create the trial's run directory (as open_stage does for a run) and its fold-reporting stage."""
     trial.set_user_attr("run_dir", run_dir.name)
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     create_run(run_dir, config_dict(trial_args))
     log.info("trial %d: run directory %s", trial.number, run_dir)
-    return TrialStage(trial_args, dataset, folds, run_dir, on_fold=pruning_hook(trial, int(folds["fold"].nunique())))
+    return Stage(trial_args, dataset, folds, run_dir, on_fold=pruning_hook(trial, int(folds["fold"].nunique())))
 
 
 def pruning_hook(trial: optuna.Trial, n_folds: int) -> OnFold:
-    """lib.cv fold hook: report the running mean fold BA; prune (before the last fold) when the pruner says so."""
+    """lib.stages.cv fold hook: report the running mean fold BA; prune (before the last fold) when the pruner says so."""
     def on_fold(k: int, running_oof: pd.DataFrame) -> None:
         step = int(running_oof["fold"].nunique()) - 1
         score = fold_metrics(running_oof, 0.5)["ba_mean"]

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from lib.errors import DataError
+from lib.core.errors import DataError
 
 
 @dataclass

@@ -1,14 +1,17 @@
-"""timm image backbones returning pooled features, with local (offline) pretrained weights."""
+"""timm image backbones returning pooled features: local (offline) weights, their identity, the data config."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 
-from lib.errors import DataError
-from lib.models.weights import TIMM_LITE0_NAME, check_state_dict_matches, convert_lukemelas_lite0
+from lib.core.errors import DataError
+from lib.core.paths import CACHE_DIR
+from lib.models.weights import (TIMM_LITE0_NAME, check_state_dict_matches, convert_lukemelas_lite0,
+                                ensure_timm_lite0_weights)
 
 DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
@@ -72,3 +75,56 @@ def resolve_data_config(model: torch.nn.Module) -> dict[str, Any]:
     """Input size, mean, std, interpolation (and crop) the model expects, from timm's data config."""
     config = timm.data.resolve_model_data_config(model)
     return {k: config[k] for k in DATA_CONFIG_KEYS if k in config}
+
+
+def input_side(data_config: dict) -> int:
+    """Network input side in pixels from a timm data config (input_size = (C, H, W), square)."""
+    _, height, width = data_config["input_size"]
+    if height != width:
+        raise DataError(f"backbone input size {height}x{width} is not square")
+    return int(height)
+
+
+def native_data_config(data_config: dict, side: int) -> dict:
+    """A copy of ``data_config`` whose input size is ``side`` (e.g. the crop: no resizing)."""
+    return {**data_config, "input_size": (3, int(side), int(side))}
+
+
+def embed_data_config(model: torch.nn.Module, crop: int, input_size: str | int) -> dict:
+    """The backbone's data config (mean, std) with input size 'crop' (native pixels), 'model' or an int."""
+    config = resolve_data_config(model)
+    if input_size == "model":
+        return config
+    side = crop if input_size in ("crop", None, 0) else int(input_size)
+    return native_data_config(config, side)
+
+
+def resolve_weights(weights: str | None, cache_dir: Path = CACHE_DIR) -> Path | None:
+    """``None``/'none' -> random init, 'lite0' -> offline ImageNet Lite0 (converted once), else a file."""
+    if weights in (None, "", "none"):
+        return None
+    if weights == "lite0":
+        return ensure_timm_lite0_weights(Path(cache_dir) / "weights")
+    path = Path(weights)
+    if not path.is_file():
+        raise DataError(f"{path}: weights file not found (give a file, 'lite0' or 'none')")
+    return path
+
+
+def weights_tag(model: torch.nn.Module) -> str:
+    """Cache-key tag of a backbone's weights: SHA-1 prefix of its parameters and buffers (names, shapes, values).
+
+    Hashing the tensors rather than the weights file keeps the key stable when the same weights are
+    re-serialised (torch.save archives embed the temporary file name, so their bytes differ).
+    """
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:8]
+
+
+def build_backbone(name: str, weights: Path | None, seed: int) -> torch.nn.Module:
+    """timm backbone (pooled features) with local weights, or seeded random init when weights is None."""
+    torch.manual_seed(seed)
+    return create_backbone(name, pretrained=False, weights=weights)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lib.errors import DataError
+from lib.core.errors import DataError
 
 TIMM_LITE0_NAME = "tf_efficientnet_lite0"
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)

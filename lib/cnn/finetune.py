@@ -1,0 +1,259 @@
+"""Finetune regime: a timm backbone and a MIL head trained end to end on bags of cell images.
+
+Each step takes ``batch_patients`` training patients; each contributes a random subset of
+``bag_size`` cells under the train augmentation pipeline; all cells of the step go through the
+backbone in one batch, then the head pools each patient's cells. The randomness of an epoch (patient
+order, cell subsets, augmentation seeds) derives from (seed, fold, epoch) only, and the global torch
+RNG is checkpointed, so a run killed after epoch e and resumed from ``fold_<k>/last.pt`` gives the same
+model as an uninterrupted run. Scoring uses every cell of a patient under the dihedral TTA views and
+averages probabilities and per-cell weights over the views. On CUDA: autocast (bf16, or fp16 with a
+GradScaler) and channels_last.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from lib.core.progress import tqdm
+
+from lib.core.io import atomic_torch_save
+from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
+from lib.data.clinical import CLINICAL_FEATURES
+from lib.data.dataset import Dataset
+from lib.cnn.device import autocast_dtype
+from lib.data.images import ImageCache, patient_rows
+from lib.cnn.settings import FinetuneSettings
+from lib.models import create_head
+from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_stats,
+                                 cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
+                                 score_bag, seed_everything, standardise_clinical, weighted_bce)
+
+log = logging.getLogger(__name__)
+
+
+GRAD_CLIP = 1.0  # max gradient norm of a step
+
+
+class MILNet(nn.Module):
+    """Backbone (cells -> features) followed by a MIL head (bag of features -> patient logit)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor, sizes: list[int], clinical: torch.Tensor | None = None) -> dict:
+        """images (sum(sizes), 3, h, w) of len(sizes) bags -> head outputs for the padded batch."""
+        feats = self.backbone(images).float()
+        x, mask = pad_bags(list(torch.split(feats, sizes)))
+        return self.head(x, clinical=clinical, mask=mask)
+
+
+class BagDataset(torch.utils.data.Dataset):
+    """Items (pid, seed) -> a random augmented subset of the patient's cells (images reopened per worker)."""
+
+    def __init__(self, cache: ImageCache, transform, bag_size: int, items: list[tuple[str, int]]) -> None:
+        self.filename, self.shape = cache.array.filename, cache.array.shape
+        self.rows = patient_rows(cache.index)
+        self.transform, self.bag_size, self.items = transform, bag_size, items
+        self._array = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        """Augmented (k, 3, h, w) cells of one patient, deterministic given the item's seed."""
+        if self._array is None:
+            self._array = np.memmap(self.filename, dtype=np.uint8, mode="r", shape=self.shape)
+        pid, seed = self.items[i]
+        rows = self.rows[pid]
+        chosen = np.sort(rows[sample_cells(len(rows), self.bag_size, np.random.default_rng(seed))])
+        self.transform.set_random_seed(seed)
+        return apply_batch(self.transform, self._array[chosen]), pid
+
+
+def collate_bags(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Concatenate bags into one image batch with their sizes and patient IDs."""
+    return torch.cat([x for x, _ in items]), [x.shape[0] for x, _ in items], [pid for _, pid in items]
+
+
+@dataclass
+class Trainer:
+    """Model, optimiser state and the fixed inputs of one fold."""
+
+    model: MILNet
+    cache: ImageCache
+    data_config: dict
+    labels: pd.Series
+    clinical: pd.DataFrame | None
+    s: FinetuneSettings
+    device: torch.device
+    fold: int
+
+    def __post_init__(self) -> None:
+        self.dtype = autocast_dtype(self.s.amp, self.device, training=True)
+        self.eval_dtype = autocast_dtype(self.s.amp, self.device, training=False)
+        groups = [{"params": self.model.backbone.parameters(), "lr": self.s.backbone_lr},
+                  {"params": self.model.head.parameters(), "lr": self.s.lr}]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.s.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.train_tf = create_transform(True, self.s.crop, self.s.strength, self.data_config)
+        self.eval_tf = create_transform(False, self.s.crop, self.s.strength, self.data_config)
+
+    def clinical_of(self, pids: list[str]) -> torch.Tensor | None:
+        """Standardised clinical rows of some patients (None without fusion)."""
+        if self.clinical is None:
+            return None
+        return torch.tensor(self.clinical.loc[pids].to_numpy(), dtype=torch.float32, device=self.device)
+
+    def loader(self, train_ids: list[str], epoch: int) -> DataLoader:
+        """This epoch's bags: order, cell subsets and augmentation seeds from (seed, fold, epoch)."""
+        rng = np.random.default_rng(fold_seed(self.s.seed, self.fold, epoch))
+        order = list(rng.permutation(train_ids))
+        items = [(pid, int(seed)) for pid, seed in zip(order, rng.integers(0, 2**31 - 1, size=len(order)))]
+        dataset = BagDataset(self.cache, self.train_tf, self.s.bag_size, items)
+        return DataLoader(dataset, batch_size=self.s.batch_patients, shuffle=False, num_workers=self.s.workers,
+                          collate_fn=collate_bags, pin_memory=self.device.type == "cuda")
+
+    def step(self, images: torch.Tensor, sizes: list[int], pids: list[str], weight_of: dict) -> float:
+        """One optimisation step on a batch of bags; returns the loss."""
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        target = torch.tensor(self.labels.loc[pids].to_numpy(dtype=np.float32), device=self.device)
+        weights = torch.tensor([weight_of[int(t)] for t in target.tolist()], device=self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(images, sizes, self.clinical_of(pids))
+        loss = weighted_bce(out["logit"], target, weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.item())
+
+    def train_epoch(self, train_ids: list[str], epoch: int, weight_of: dict) -> dict:
+        """One pass over the training patients; returns the log row."""
+        self.model.train()
+        start, lr, losses = time.perf_counter(), self.optimizer.param_groups[-1]["lr"], []
+        for images, sizes, pids in self.loader(train_ids, epoch):
+            losses.append(self.step(images, sizes, pids, weight_of))
+        return {"fold": self.fold, "epoch": epoch, "train_loss": float(np.mean(losses)), "lr": lr,
+                "seconds": time.perf_counter() - start}
+
+    @torch.inference_mode()
+    def score_patient(self, pid: str) -> tuple[float, np.ndarray]:
+        """P(tumoral) of a patient with all its cells under every TTA view, and per-cell weights (view mean)."""
+        self.model.eval()
+        images = self.cache.patient(pid)
+        views = tta_views(self.s.n_tta)
+        feats = [[] for _ in views]
+        for start in range(0, len(images), self.s.eval_batch):
+            x = apply_batch(self.eval_tf, images[start:start + self.s.eval_batch]).to(self.device)
+            for i, k in enumerate(views):
+                with torch.autocast(self.device.type, dtype=self.eval_dtype, enabled=self.eval_dtype is not None):
+                    xk = dihedral(x, k).contiguous(memory_format=torch.channels_last)
+                    feats[i].append(self.model.backbone(xk).float())
+        bags = torch.stack([torch.cat(f) for f in feats])
+        clinical = self.clinical_of([pid])
+        subsets = eval_subsets(len(images), self.s.bag_size, self.s.eval_bags, patient_rng(self.s.seed, self.fold, pid))
+        return score_bag(self.model.head, bags, clinical[0] if clinical is not None else None, None, subsets)
+
+    def score(self, pids, role: str) -> tuple[pd.Series, pd.DataFrame]:
+        """Probabilities and per-cell weights of a set of patients."""
+        probs, tables = {}, []
+        paths = self.cache.index.set_index("row")["path"]
+        for pid in tqdm(list(pids), desc=f"fold {self.fold} score {role}", disable=not self.s.progress, leave=False):
+            probs[pid], weights = self.score_patient(pid)
+            tables.append(cell_table(pid, paths.loc[self.cache.rows(pid)].tolist(), weights, role))
+        return pd.Series(probs, name="proba").rename_axis("ID"), pd.concat(tables, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def rng_states() -> dict:
+    """Global RNG states (python, numpy, torch, CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what ``rng_states`` saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(trainer: Trainer, epoch: int, history: list[dict], path: Path) -> None:
+    """Atomically write the state needed to resume after ``epoch``."""
+    state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+             "epoch": epoch, "history": history, "rng": rng_states()}
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(trainer: Trainer, path: Path) -> tuple[int, list[dict]]:
+    """Restore a checkpoint; returns (next epoch, history so far)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    set_rng_states(state["rng"])
+    log.info("fold %d: resuming from %s after epoch %d", trainer.fold, path, state["epoch"])
+    return state["epoch"] + 1, state["history"]
+
+
+def after_epoch(fold: int, epoch: int) -> None:
+    """Hook called once an epoch's checkpoint is on disk (tests patch it to simulate a kill)."""
+
+
+def fit(trainer: Trainer, train_ids: list[str], fold_dir: Path) -> pd.DataFrame:
+    """Train for the configured epochs, resuming from ``fold_dir/last.pt`` when present."""
+    s, last = trainer.s, fold_dir / "last.pt"
+    trainer.scheduler = cosine_schedule(trainer.optimizer, s.epochs * len(batches(train_ids, s.batch_patients)))
+    weight_of = class_weights(trainer.labels.loc[train_ids].to_numpy(dtype=int))
+    first, history = load_checkpoint(trainer, last) if last.exists() else (0, [])
+    for epoch in tqdm(range(first, s.epochs), desc=f"fold {trainer.fold} finetune", unit="epoch",
+                      initial=first, total=s.epochs, disable=not s.progress):
+        history.append(trainer.train_epoch(train_ids, epoch, weight_of))
+        save_checkpoint(trainer, epoch, history, last)
+        log.info("fold %d epoch %d: loss %.4f (%.1f s)", trainer.fold, epoch, history[-1]["train_loss"],
+                 history[-1]["seconds"])
+        after_epoch(trainer.fold, epoch)
+    return pd.DataFrame(history, columns=["fold", "epoch", "train_loss", "lr", "seconds"])
+
+
+def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dataset, s: FinetuneSettings,
+               device: torch.device, train_ids, valid_ids, test_ids, fold: int, fold_dir: Path) -> FoldResult:
+    """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
+    seed_everything(fold_seed(s.seed, fold))
+    model = build_model(make_backbone(), s)
+    clinical, state = None, {"head_name": s.head, "head_args": s.head_args}
+    if s.clinical_fusion:
+        features = dataset.patients[CLINICAL_FEATURES].astype(float)
+        clinical = standardise_clinical(features, list(train_ids))
+        state["clinical_stats"] = {k: v.to_dict() for k, v in clinical_stats(features, train_ids).items()}
+    model = model.to(device, memory_format=torch.channels_last)
+    trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"], clinical, s, device, fold)
+    history = fit(trainer, sorted(train_ids), fold_dir)
+    valid, valid_cells = trainer.score(valid_ids, "valid")
+    test, test_cells = trainer.score(test_ids, "test")
+    state["model"] = model.state_dict()
+    return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
+
+
+def build_model(backbone: nn.Module, s: FinetuneSettings) -> MILNet:
+    """Backbone + a fresh head sized to its features (clinical fusion adds the clinical features)."""
+    clinical_dim = len(CLINICAL_FEATURES) if s.clinical_fusion else 0
+    return MILNet(backbone, create_head(s.head, backbone.num_features, clinical_dim=clinical_dim, **s.head_args))

@@ -1,0 +1,64 @@
+"""Settings of the two CNN regimes, built in one place from train_cnn.py's resolved options.
+
+The defaults live in one place only: the options of ``lib.stages.cnn.add_cnn_args`` (a ``-c`` YAML preset
+overrides them, the command line overrides both). These dataclasses carry no second set of defaults:
+``head_settings`` / ``finetune_settings`` fill every field from the options.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class MILSettings:
+    """Hyper-parameters both regimes share (names as train_cnn.py's options)."""
+
+    head: str
+    head_args: dict
+    bag_size: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_patients: int
+    eval_bags: int
+    clinical_fusion: bool
+    seed: int
+    progress: bool
+
+
+@dataclass(frozen=True)
+class HeadSettings(MILSettings):
+    """Embed regime: head training on cached embeddings, plus an optional PCA of them."""
+
+    pca: int
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(MILSettings):
+    """Finetune regime: end-to-end training of backbone and head."""
+
+    backbone_lr: float
+    crop: int
+    strength: str
+    n_tta: int
+    amp: str
+    workers: int
+    eval_batch: int
+
+
+def _shared(args: argparse.Namespace) -> dict:
+    """The MILSettings fields, by option name."""
+    values = {f.name: getattr(args, f.name) for f in fields(MILSettings)}
+    return {**values, "head_args": dict(args.head_args or {})}
+
+
+def head_settings(args: argparse.Namespace) -> HeadSettings:
+    """Embed-regime settings from the options."""
+    return HeadSettings(**_shared(args), pca=args.pca)
+
+
+def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
+    """Finetune-regime settings from the options (--aug is the strength, --tta the view count)."""
+    return FinetuneSettings(**_shared(args), backbone_lr=args.backbone_lr, crop=args.crop, strength=args.aug,
+                            n_tta=args.tta, amp=args.amp, workers=args.workers, eval_batch=args.embed_batch)

@@ -1,0 +1,108 @@
+"""Benchmark records: append a dated block (machine, commit, command, numbers) to BENCHMARKS.md atomically."""
+import fcntl
+import json
+import os
+import platform
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from lib.core.io import atomic_write_text
+from lib.core.paths import REPO_DIR
+from lib.core.runs import code_version
+
+BENCHMARKS_FILE = REPO_DIR / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nDated measurements appended by the scripts in benchmarks/ (newest last).\n"
+
+
+def machine() -> str:
+    """Architecture (``uname -m``), CPU core count and OS of this machine."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def commit() -> str:
+    """Git commit of the code, marked dirty when the tree has uncommitted changes."""
+    version = code_version()
+    return f"{version['commit'][:12]}{' (dirty)' if version['dirty'] else ''}"
+
+
+def benchmark_block(title: str, command: str, lines: list[str]) -> str:
+    """Markdown block: title, date, machine, commit, command, then the result lines."""
+    head = [f"## {title}", "",
+            f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- machine: {machine()}", f"- commit: {commit()}", f"- command: `{command}`"]
+    return "\n".join(head + list(lines)) + "\n"
+
+
+@contextmanager
+def _locked(path: Path):
+    """Exclusive lock on the file's folder so two benchmarks never lose each other's block."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def append_benchmark(title: str, command: str, lines: list[str], path: str | Path = BENCHMARKS_FILE) -> Path:
+    """Append a dated benchmark block to BENCHMARKS.md (read, append, atomic replace, under a lock)."""
+    path = Path(path)
+    with _locked(path):
+        text = path.read_text() if path.exists() else HEADER
+        text = text.rstrip("\n") + "\n\n" + benchmark_block(title, command, lines)
+        return atomic_write_text(text, path)
+
+
+def publish(title: str, lines: list[str], script: str, argv: list[str] | None, append: bool = True) -> None:
+    """Print a benchmark's result lines and (unless ``append`` is false) append them as a dated block.
+
+    The block's command is ``python benchmarks/<script> <argv>`` (``argv`` None: this process's arguments).
+    """
+    print("\n".join(lines))
+    if append:
+        args = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python", f"benchmarks/{Path(script).name}", *args])
+        print(f"appended to {append_benchmark(title, command, lines)}")
+
+
+# ----------------------------------------------------------------------------- CNN throughput figures
+MATMUL_GFLOPS = 133  # fp32 matmul measured on this machine (DEVELOPERS.md)
+LITE0_GFLOP_112 = 0.1  # EfficientNet-Lite0 forward at 112x112 (0.39 GFLOP at 224); training ~3x forward
+
+
+def cnn_run_speed(run_dir: str | Path) -> dict:
+    """Throughput of one train_cnn.py run from its timings.json and log.csv.
+
+    The timings (embed_img_per_s is None when the embeddings came from the cache) plus epochs_run and
+    epoch_seconds (summed training-epoch times, scoring excluded) and the run's bag_size.
+    """
+    run_dir = Path(run_dir)
+    timings = json.loads((run_dir / "timings.json").read_text())
+    log = pd.read_csv(run_dir / "log.csv")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return {**timings, "epochs_run": len(log), "epoch_seconds": float(log["seconds"].sum()),
+            "bag_size": config["bag_size"]}
+
+
+def embed_rate_line(label: str, timings: dict) -> str:
+    """'embedding (label): N cell views in S s = R img/s, ~G GFLOP/s of the peak', or the cache note."""
+    if not timings.get("embedded_images"):
+        return f"- embedding ({label}): reused from the cache"
+    rate = timings["embed_img_per_s"]
+    return (f"- embedding ({label}, cold): {timings['embedded_images']} cell views in {timings['embed_seconds']:.0f} s"
+            f" = {rate:.0f} img/s, ~{rate * LITE0_GFLOP_112:.0f} GFLOP/s of the {MATMUL_GFLOPS} GFLOP/s "
+            f"fp32 matmul peak")
+
+
+def head_training_line(label: str, runs: list[dict], bags_per_epoch: float) -> str:
+    """Head training speed on cached embeddings (bags/s, cell embeddings/s), mean over runs."""
+    bags = np.array([r["epochs_run"] * bags_per_epoch / r["epoch_seconds"] for r in runs])
+    cells = np.array([b * r["bag_size"] for b, r in zip(bags, runs)])
+    return (f"- head training on cached embeddings ({label}): {bags.mean():.0f} bags/s (~{cells.mean():.0f} cell "
+            f"embeddings/s; a tiny head bound by Python overhead, not FLOPs), torch threads {runs[0]['torch_threads']}")

@@ -1,0 +1,69 @@
+"""Atomic file writes: a crash never leaves a half-written file under its final name."""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write bytes to a temporary file beside ``path`` then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Atomically write text (UTF-8)."""
+    return atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_csv(table: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
+    """Atomically write a DataFrame as CSV."""
+    return atomic_write_text(table.to_csv(index=index), path)
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> Path:
+    """Atomically write JSON (indented, keys in insertion order)."""
+    return atomic_write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", path)
+
+
+def atomic_write_yaml(obj: Any, path: str | Path) -> Path:
+    """Atomically write YAML (keys in insertion order)."""
+    return atomic_write_text(yaml.safe_dump(obj, sort_keys=False), path)
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy scalars and paths."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """Atomically write a torch checkpoint (serialised in memory, then written like any file)."""
+    import io
+
+    import torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(buffer.getvalue(), path)

@@ -1,0 +1,253 @@
+"""The one shared piece of Optuna code: open (or resume) a seeded study, top it up, summarise and plot it.
+
+Storage defaults to ``sqlite:///<run_dir>/study.db``; any Optuna RDB URL is accepted, and ``"memory"``
+gives a throw-away in-memory study (fast; for inner studies that a re-run simply repeats). RDB storages
+are opened with Optuna's heartbeat, so a trial left RUNNING by a killed process stops beating and, once its
+grace period has passed, is marked FAIL when the study is reopened (finished trials are kept).
+
+Several processes (on one machine or several, sharing one RDB URL) can work on the same study:
+``run_trials``' ``n_trials`` is the study total, a worker waits while the last trials run elsewhere (and
+takes over one whose process died), and a trial asked for beyond the total is failed at once, so the
+study ends with exactly ``n_trials`` finished trials. The TPE sampler draws each trial from a random
+state derived from (seed, trial number): a study is reproducible, and two workers never propose the
+same random start-up configuration.
+"""
+import logging
+import random
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from lib.core.progress import tqdm
+
+from lib.core.errors import DataError
+from lib.core.plots import pyplot, save_figure
+
+log = logging.getLogger(__name__)
+HEARTBEAT_INTERVAL_S = 30
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+MIN_TRIALS_FOR_IMPORTANCE = 10
+MEMORY = "memory"
+SQLITE_LOCK_TIMEOUT_S = 60
+OPEN_ATTEMPTS = 5
+POLL_INTERVAL_S = 2.0
+MAX_FAILURES_IN_A_ROW = 3
+
+
+class SurplusTrial(Exception):
+    """A trial asked for after the study already had its total of finished or running trials."""
+
+
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random state is re-derived from (seed, trial number) before each trial."""
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Reseed the TPE and start-up random states for this trial number."""
+        state = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(2)
+        self._rng.rng.seed(int(state[0]))
+        self._random_sampler._rng.rng.seed(int(state[1]))
+        super().before_trial(study, trial)
+
+
+def default_storage(run_dir: str | Path) -> str:
+    """SQLite URL of the study database inside a run directory."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+
+
+def safe_url(url: str | None) -> str | None:
+    """A storage URL with its password hidden (for logs and summaries)."""
+    if not url or "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, we pin psycopg2."""
+    import importlib.util
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        return url
+    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+                 grace_period: int | None = None) -> optuna.storages.RDBStorage:
+    """RDB storage with the heartbeat on (grace period default: twice the interval)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    url = with_installed_driver(url)
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}} if url.startswith("sqlite") else None
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        except SQLAlchemyError as error:  # e.g. two workers creating the tables of a new database at once
+            if attempt == OPEN_ATTEMPTS:
+                raise
+            log.info("opening %s: %s; retrying", safe_url(url), type(error).__name__)
+            time.sleep(0.2 * attempt + random.random())
+
+
+def open_study(name: str, storage: str | None, run_dir: str | Path, seed: int, direction: str = "maximize",
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+               grace_period: int | None = None) -> optuna.Study:
+    """Create or load a seeded-TPE study; trials of a dead process (stale heartbeat) are marked FAIL."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    url = storage or default_storage(run_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress is shown by run_trials' bar instead
+    backend = None if url == MEMORY else open_storage(url, heartbeat_interval, grace_period)
+    study = optuna.create_study(study_name=name, storage=backend, sampler=TrialSeededTPE(seed), pruner=pruner,
+                                direction=direction, load_if_exists=True)
+    _fail_stale(study)
+    log.log(logging.DEBUG if url == MEMORY else logging.INFO, "study %r in %s: %d finished trial(s)",
+            name, safe_url(url), count_done(study))
+    return study
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose heartbeat stopped (their process died); log how many."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    failed = sorted(running - still)
+    if failed:
+        log.warning("study %r: trial(s) %s were left RUNNING by a process whose heartbeat stopped; "
+                    "marked FAIL (finished trials are kept)", study.study_name, failed)
+
+
+def count_done(study: optuna.Study) -> int:
+    """Number of finished (complete or pruned) trials."""
+    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+
+
+def best_value(study: optuna.Study) -> float:
+    """Best objective value so far (NaN before the first complete trial)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return study.best_value if complete else float("nan")
+
+
+def count_running(study: optuna.Study) -> int:
+    """Number of trials running now (in this process or any other sharing the storage)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` comes after ``n_trials`` earlier finished or running trials (a race lost)."""
+    states = DONE_STATES + (TrialState.RUNNING,)
+    return sum(t.number < number for t in study.get_trials(deepcopy=False, states=states)) >= n_trials
+
+
+def _within_total(objective: Callable[[optuna.Trial], float], n_trials: int,
+                  errors: list[str]) -> Callable[[optuna.Trial], float]:
+    """The objective, refusing (SurplusTrial) a trial that other workers' trials make surplus; errors noted."""
+    def guarded(trial: optuna.Trial) -> float:
+        if is_surplus(trial.study, trial.number, n_trials):
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: the study already has {n_trials} finished or running trials")
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            errors.append(f"trial {trial.number}: {error!r}")
+            raise
+    return guarded
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+               desc: str = "trials", catch: tuple[type[Exception], ...] = (),
+               poll_interval: float = POLL_INTERVAL_S) -> optuna.Study:
+    """Run trials until the study holds ``n_trials`` finished ones, all workers' counted (a resumed study tops up).
+
+    Exceptions in ``catch`` fail the trial and the study goes on, unless MAX_FAILURES_IN_A_ROW trials of
+    this process fail in a row (DataError). While the other workers' running trials would complete the
+    total, this worker waits (polling), taking over if one of them dies (stale heartbeat -> FAIL).
+    """
+    errors: list[str] = []
+    guarded = _within_total(objective, n_trials, errors)
+    failures = 0
+    with tqdm(total=n_trials, initial=min(count_done(study), n_trials), desc=desc, unit="trial") as bar:
+        while True:
+            done, running = _refresh(study, bar, n_trials)
+            if done >= n_trials:
+                break
+            if done + running >= n_trials:
+                time.sleep(poll_interval)  # the last trials are running in other workers
+                continue
+            ran: list[optuna.trial.FrozenTrial] = []
+            study.optimize(guarded, n_trials=1, catch=catch + (SurplusTrial,), callbacks=[lambda s, t: ran.append(t)])
+            failed = any(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ran)
+            failures = failures + 1 if failed else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise DataError(f"study {study.study_name!r}: {failures} trials in a row failed "
+                                f"(last: {errors[-1] if errors else 'unknown'})")
+    log.info("%s: %d finished trial(s), best %.4f", desc, count_done(study), best_value(study))
+    return study
+
+
+def _refresh(study: optuna.Study, bar: tqdm, n_trials: int) -> tuple[int, int]:
+    """Fail stale trials; show the study's finished count and best value; return (finished, running)."""
+    _fail_stale(study)
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in DONE_STATES for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+    if values:
+        best = max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
+        bar.set_postfix(best=f"{best:.4f}", running=running, refresh=False)
+    bar.n = min(done, n_trials)
+    bar.refresh()
+    return done, running
+
+
+def top_trials_summary(study: optuna.Study, k: int = 5) -> dict:
+    """Best trial (number, value, params), the top-k values and their mean/std."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return {"best": None, "top_k_mean": float("nan"), "top_k_std": float("nan"), "k": 0, "values": []}
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    top = sorted(complete, key=lambda t: t.value, reverse=reverse)[:k]
+    values = np.array([t.value for t in top])
+    best = {"number": top[0].number, "value": float(top[0].value), "params": dict(top[0].params)}
+    return {"best": best, "top_k_mean": float(values.mean()), "top_k_std": float(values.std()), "k": len(top),
+            "values": [float(v) for v in values]}
+
+
+def save_study_plots(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+    """Optimisation history PNG, and parameter importances when >=2 params and enough trials."""
+    from optuna.visualization import matplotlib as optuna_plots
+    pyplot()  # select the Agg backend before optuna imports pyplot
+    out_dir, written = Path(out_dir), []
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return written
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna_plots.plot_optimization_history(study)
+        written.append(save_figure(ax.figure, out_dir / "optimization_history.png"))
+        n_params = len({name for t in complete for name in t.params})
+        if n_params >= 2 and len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
+            try:
+                ax = optuna_plots.plot_param_importances(study)
+            except (ValueError, RuntimeError) as error:  # e.g. too few trials sharing a parameter
+                log.warning("parameter importances not plotted: %s", error)
+            else:
+                written.append(save_figure(ax.figure, out_dir / "param_importances.png"))
+    return written

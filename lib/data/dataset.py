@@ -1,0 +1,192 @@
+"""Competition data layer: a competition directory -> validated patient bags.
+
+Two real layouts are accepted:
+- 2024: ``trainset/trainset_true.csv`` + ``testset/testset_data.csv``;
+- 2021: one ``clinical_annotation.csv`` at the root (unnamed index column first, test rows LABEL=-1).
+Images always live in ``trainset/P<id>/*.jpg`` and ``testset/P<id>/*.jpg``.
+Unreadable images (zero bytes, no JPEG start/end marker) are skipped with a warning naming them; a
+patient whose bag ends up empty is an error.
+"""
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lib.data.clinical import clinical_features, normalise_gender, parse_dob
+from lib.core.errors import DataError
+from lib.core.paths import DEMO_DATA_DIR
+
+log = logging.getLogger(__name__)
+COLUMNS = ["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg"}
+SPLIT_DIRS = {"train": "trainset", "test": "testset"}
+
+
+@dataclass
+class Dataset:
+    """Validated patients (index ID) and the image paths of each patient's bag."""
+
+    root: Path
+    layout: str
+    patients: pd.DataFrame
+    images: dict[str, list[Path]] = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the patient IDs, splits and labels: identifies this dataset."""
+        rows = sorted(f"{i}:{r.split}:{r.LABEL}" for i, r in self.patients.iterrows())
+        return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:8]
+
+    @property
+    def name(self) -> str:
+        """Human-readable unique name, e.g. ``lymphocytosis-1a2b3c4d``."""
+        return f"{self.root.name}-{self.fingerprint}"
+
+    def split(self, which: str) -> pd.DataFrame:
+        """Patients of one split ('train' or 'test')."""
+        return self.patients[self.patients["split"] == which]
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.split("train")
+
+    @property
+    def test(self) -> pd.DataFrame:
+        return self.split("test")
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The given data directory, or the embedded demo data (generated on first use)."""
+    if data_dir is not None:
+        return Path(data_dir).resolve()
+    from lib.data.demo import generate_demo
+    log.info("no --data-dir: using the embedded demo data in %s", DEMO_DATA_DIR)
+    return generate_demo(DEMO_DATA_DIR)
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Load and validate a competition directory in either layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data directory not found")
+    layout, table = _read_tables(root)
+    patients = _validate_patients(table)
+    images = {pid: _patient_images(root, pid, split) for pid, split in patients["split"].items()}
+    patients["n_images"] = pd.Series({pid: len(paths) for pid, paths in images.items()})
+    patients = patients.join(clinical_features(patients))
+    return Dataset(root=root, layout=layout, patients=patients, images=images)
+
+
+def _read_tables(root: Path) -> tuple[str, pd.DataFrame]:
+    """Read the clinical CSV(s) of either layout into one table with a ``split`` column."""
+    train_csv = root / "trainset" / "trainset_true.csv"
+    test_csv = root / "testset" / "testset_data.csv"
+    annotation_csv = root / "clinical_annotation.csv"
+    if train_csv.exists() or test_csv.exists():
+        parts = [_read_csv(train_csv).assign(split="train"), _read_csv(test_csv).assign(split="test")]
+        return "2024", pd.concat(parts, ignore_index=True)
+    if annotation_csv.exists():
+        table = _read_csv(annotation_csv)
+        split = ["test" if str(v).strip() == "-1" else "train" for v in table["LABEL"]]
+        return "2021", table.assign(split=split)
+    raise DataError(f"{root}: no trainset/trainset_true.csv + testset/testset_data.csv "
+                    f"(2024 layout) nor clinical_annotation.csv (2021 layout)")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Read one clinical CSV as text, dropping an unnamed index column, checking the columns."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    table = table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    table = table[COLUMNS].apply(lambda col: col.str.strip())
+    return table.assign(source=str(path))
+
+
+def _validate_patients(table: pd.DataFrame) -> pd.DataFrame:
+    """Check every row and return typed patients indexed by ID."""
+    repeated = table[table["ID"].duplicated()]
+    if len(repeated):
+        ids = ", ".join(repeated["ID"].unique()[:5])
+        raise DataError(f"{repeated['source'].iloc[0]}: duplicate patient ID(s) {ids}")
+    rows = [_validate_row(row) for row in table.to_dict("records")]
+    return pd.DataFrame(rows).set_index("ID")
+
+
+def _validate_row(row: dict) -> dict:
+    """Type and check one clinical row; errors name the file and the patient."""
+    where = f"{row['source']}: patient {row['ID'] or '<empty ID>'}"
+    if not row["ID"]:
+        raise DataError(f"{where}: empty ID")
+    label = _parse_label(row["LABEL"], row["split"], where)
+    try:
+        parse_dob(row["DOB"])
+    except ValueError:
+        raise DataError(f"{where}: unparseable DOB {row['DOB']!r} (expected M/D/YYYY or DD-MM-YYYY)") from None
+    try:
+        gender = normalise_gender(row["GENDER"])
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    count = pd.to_numeric(row["LYMPH_COUNT"], errors="coerce")
+    if not count > 0:
+        raise DataError(f"{where}: LYMPH_COUNT {row['LYMPH_COUNT']!r} is missing or not positive")
+    return {"ID": row["ID"], "LABEL": label, "GENDER": gender, "DOB": row["DOB"],
+            "LYMPH_COUNT": float(count), "split": row["split"]}
+
+
+def _parse_label(text: str, split: str, where: str) -> int:
+    """Label in {0, 1} for train rows, -1 for test rows."""
+    if text not in {"0", "1", "-1"}:
+        raise DataError(f"{where}: LABEL {text!r} is not one of 0, 1, -1")
+    label = int(text)
+    if split == "test" and label != -1:
+        raise DataError(f"{where}: test patient has a label ({label}); test rows must have LABEL -1")
+    if split == "train" and label == -1:
+        raise DataError(f"{where}: train patient has no label (LABEL -1)")
+    return label
+
+
+def _patient_images(root: Path, pid: str, split: str) -> list[Path]:
+    """Readable images of one patient's bag; unreadable files are skipped with a warning."""
+    folder = root / SPLIT_DIRS[split] / pid
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder of {split} patient {pid} not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no .jpg images for patient {pid}")
+    good = [p for p in files if _warn_if_bad(p)]
+    if not good:
+        raise DataError(f"{folder}: every image of patient {pid} is unreadable")
+    return good
+
+
+def _warn_if_bad(path: Path) -> bool:
+    """True for a plausible JPEG; log a warning naming the file otherwise."""
+    problem = jpeg_problem(path)
+    if problem:
+        log.warning("%s: %s, skipped", path, problem)
+    return problem is None
+
+
+def jpeg_problem(path: Path) -> str | None:
+    """Cheap structural check of a JPEG: None if fine, else what is wrong."""
+    size = path.stat().st_size
+    if size == 0:
+        return "zero-byte file"
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if head != b"\xff\xd8":
+        return "not a JPEG (no start-of-image marker)"
+    if b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    return None

@@ -1,0 +1,77 @@
+"""Patient-level folds: made once by one seeded function, written under folds/, read by every script."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from lib.data.dataset import Dataset
+from lib.core.config import DEFAULT_FOLD_SEED, DEFAULT_N_FOLDS
+from lib.core.errors import DataError
+from lib.core.io import atomic_write_csv
+from lib.core.paths import FOLDS_DIR
+
+log = logging.getLogger(__name__)
+DEFAULT_N_SPLITS = DEFAULT_N_FOLDS
+DEFAULT_SEED = DEFAULT_FOLD_SEED
+
+
+def folds_path(dataset: Dataset, n_splits: int, seed: int, folds_dir: Path = FOLDS_DIR) -> Path:
+    """Fold file of a dataset; its name carries the dataset fingerprint so no other dataset reuses it."""
+    return Path(folds_dir) / f"{dataset.name}_k{n_splits}_s{seed}.csv"
+
+
+def strata(train: pd.DataFrame, n_splits: int) -> pd.Series:
+    """Label x lymph-count-quantile strata, with as many bins (3, 2 or 1) as keep each stratum >= n_splits."""
+    for n_bins in (3, 2, 1):
+        bins = pd.qcut(train["log_lymph"].rank(method="first"), n_bins, labels=False)
+        groups = train["LABEL"].astype(str) + "_" + bins.astype(str)
+        if groups.value_counts().min() >= n_splits:
+            return groups
+    return train["LABEL"].astype(str)
+
+
+def make_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """Seeded StratifiedKFold over train patients: a table ``ID, fold`` sorted by ID."""
+    train = dataset.train.sort_index()
+    if train["LABEL"].value_counts().min() < n_splits:
+        raise DataError(f"{dataset.root}: fewer patients of a class than {n_splits} folds")
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fold = np.empty(len(train), dtype=int)
+    for k, (_, held_out) in enumerate(splitter.split(train, strata(train, n_splits))):
+        fold[held_out] = k
+    return pd.DataFrame({"ID": train.index, "fold": fold})
+
+
+def fold_counts(folds: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
+    """Per-fold class counts (reactive, tumoral, total)."""
+    labels = dataset.patients.loc[folds["ID"], "LABEL"].to_numpy()
+    table = pd.crosstab(pd.Series(folds["fold"].to_numpy(), name="fold"), pd.Series(labels, name="label"))
+    table = table.rename(columns={0: "reactive", 1: "tumoral"})
+    table.columns.name = None
+    return table.assign(total=table.sum(axis=1))
+
+
+def load_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = DEFAULT_SEED,
+               folds_dir: Path = FOLDS_DIR) -> pd.DataFrame:
+    """Read the dataset's fold file, writing it (and its class counts) first if it does not exist."""
+    path = folds_path(dataset, n_splits, seed, folds_dir)
+    if not path.exists():
+        folds = make_folds(dataset, n_splits, seed)
+        atomic_write_csv(fold_counts(folds, dataset), path.with_name(path.stem + "_counts.csv"), index=True)
+        atomic_write_csv(folds, path)
+        log.info("wrote %s", path)
+    folds = pd.read_csv(path, dtype={"ID": str, "fold": int})
+    _check_folds(folds, dataset, n_splits, path)
+    return folds
+
+
+def _check_folds(folds: pd.DataFrame, dataset: Dataset, n_splits: int, path: Path) -> None:
+    """The fold file must cover exactly the train patients, each once, with folds 0..k-1."""
+    if list(folds.columns) != ["ID", "fold"] or folds["ID"].duplicated().any():
+        raise DataError(f"{path}: expected columns ID,fold with unique IDs")
+    if set(folds["ID"]) != set(dataset.train.index):
+        raise DataError(f"{path}: patient IDs differ from the train patients of {dataset.root}")
+    if set(folds["fold"]) != set(range(n_splits)):
+        raise DataError(f"{path}: folds are not 0..{n_splits - 1}")

@@ -1,0 +1,72 @@
+"""Patient-level feature tables for the tabular (clinical) model, one registry of named feature sets.
+
+- ``clinical``: age, log lymphocyte count, male indicator (lib.data.clinical.CLINICAL_FEATURES);
+- ``clinical+ncells``: the same plus ``log_n_images`` (log of the number of cells in the bag);
+- ``clinical+morpho``: the clinical features plus pooled per-cell morphometry
+  (``lib.features.morphometry.cache.pooled_morphometry``);
+- ``clinical+morpho-shuffled``: a control, morphometry rows permuted across patients (seeded).
+"""
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib.data.clinical import CLINICAL_FEATURES
+from lib.data.dataset import Dataset
+from lib.core.errors import DataError
+from lib.core.paths import CACHE_DIR
+
+
+def clinical_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
+    """The clinical features of every patient (train and test)."""
+    return dataset.patients[CLINICAL_FEATURES].astype(float)
+
+
+def ncells_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
+    """Clinical features plus the log of the number of cell images in each bag."""
+    table = clinical_table(dataset)
+    table["log_n_images"] = np.log(dataset.patients["n_images"].astype(float))
+    return table
+
+
+def morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
+    """Clinical features plus pooled per-cell morphometry (computed and cached by its own module)."""
+    from lib.features.morphometry.cache import pooled_morphometry
+    morpho = pooled_morphometry(dataset, cache_dir=cache_dir)
+    missing = dataset.patients.index.difference(morpho.index)
+    if len(missing):
+        raise DataError(f"pooled morphometry of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
+    return clinical_table(dataset).join(morpho.loc[dataset.patients.index].astype(float))
+
+
+def shuffled_morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, seed: int = 0) -> pd.DataFrame:
+    """Control: morphometry rows permuted across patients (label-free noise with the same distribution)."""
+    table = morpho_table(dataset, cache_dir)
+    morpho = table.columns.difference(CLINICAL_FEATURES, sort=False)
+    order = np.random.default_rng(seed).permutation(len(table))
+    table[morpho] = table[morpho].to_numpy()[order]
+    return table
+
+
+FEATURE_SETS: dict[str, Callable[[Dataset, Path], pd.DataFrame]] = {
+    "clinical": clinical_table,
+    "clinical+ncells": ncells_table,
+    "clinical+morpho": morpho_table,
+    "clinical+morpho-shuffled": shuffled_morpho_table,
+}
+
+
+MORPHOMETRY_SETS = frozenset({"clinical+morpho", "clinical+morpho-shuffled"})  # sets built on cell morphometry
+
+
+def uses_morphometry(feature_set: str) -> bool:
+    """Whether a feature set includes pooled cell morphometry (its run then also draws the morphometry plots)."""
+    return feature_set in MORPHOMETRY_SETS
+
+
+def feature_table(dataset: Dataset, feature_set: str, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
+    """Features of a named set, a DataFrame indexed by patient ID (train and test rows)."""
+    if feature_set not in FEATURE_SETS:
+        raise DataError(f"feature set {feature_set!r} is unknown (choose from {', '.join(FEATURE_SETS)})")
+    return FEATURE_SETS[feature_set](dataset, cache_dir)

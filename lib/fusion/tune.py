@@ -1,0 +1,122 @@
+"""Tuning a fusion: a seeded Optuna study over one weight per run, the method and the threshold.
+
+The study (lib.core.study) maximises the pooled OOF BA, the equal-weight probability mean at 0.5
+enqueued first. The honest estimate repeats the search for each fold k on the OOF of the other folds
+only (in-memory studies) and scores fold k; each model alone is reported at 0.5 and at its own threshold
+(tuned in-sample, and tuned on the other folds).
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib.core.metrics import binary_scores
+from lib.core.study import MEMORY, open_study, run_trials, top_trials_summary
+from lib.fusion.fuse import (METHODS, THRESHOLD_RANGE, FusionParams, balanced_accuracy, best_threshold, fuse,
+                             fused_ba, normalise_weights)
+from lib.fusion.runs import RunSet
+
+
+def weight_param(name: str) -> str:
+    """Optuna parameter name of a run's fusion weight."""
+    return f"fusion_w_{name}"
+
+
+def suggest_params(trial, names: list[str]) -> FusionParams:
+    """The fusion search space: one weight per run in [0, 1], a method, a threshold."""
+    raw = {n: trial.suggest_float(weight_param(n), 0.0, 1.0) for n in names}
+    method = trial.suggest_categorical("fusion_method", list(METHODS))
+    threshold = trial.suggest_float("fusion_threshold", *THRESHOLD_RANGE)
+    return FusionParams(weights=raw, method=method, threshold=threshold)
+
+
+def params_from_trial(params: dict, names: list[str]) -> FusionParams:
+    """FusionParams (normalised weights) from an Optuna trial's params."""
+    w = normalise_weights({n: params[weight_param(n)] for n in names}, names)
+    return FusionParams(weights=dict(zip(names, w.tolist())), method=params["fusion_method"],
+                        threshold=float(params["fusion_threshold"]))
+
+
+def equal_trial_params(names: list[str]) -> dict:
+    """Trial params of the baseline blend: equal weights, probability mean, threshold 0.5."""
+    return {**{weight_param(n): 1.0 for n in names}, "fusion_method": "prob_mean", "fusion_threshold": 0.5}
+
+
+def make_objective(probas: pd.DataFrame, target: pd.Series):
+    """Optuna objective: pooled BA of the fused OOF prediction (ranks anchored on ``probas`` itself)."""
+    names = list(probas.columns)
+
+    def objective(trial) -> float:
+        return fused_ba(probas, target, suggest_params(trial, names), reference=probas)
+    return objective
+
+
+def tune(probas: pd.DataFrame, target: pd.Series, study, n_trials: int, desc: str) -> FusionParams:
+    """Top a study up to ``n_trials`` (equal-weight blend enqueued first) and return its best fusion."""
+    names = list(probas.columns)
+    if not study.trials:
+        study.enqueue_trial(equal_trial_params(names))
+    run_trials(study, make_objective(probas, target), n_trials, desc)
+    return params_from_trial(study.best_params, names)
+
+
+def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int) -> dict:
+    """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k; mean±std over folds.
+
+    The per-fold studies are seeded and held in memory: a re-run repeats them (fast) instead of storing them.
+    """
+    per_fold, params = {}, {}
+    for k in sorted(runs.fold.unique()):
+        tune_ids, held_ids = runs.fold.index[runs.fold != k], runs.fold.index[runs.fold == k]
+        study = open_study(f"{study_name}_nested_fold{k}", MEMORY, run_dir, seed + 1 + int(k))
+        best = tune(runs.oof.loc[tune_ids], runs.target, study, n_trials, f"nested fold {k}")
+        per_fold[int(k)] = fused_ba(runs.oof.loc[held_ids], runs.target, best, reference=runs.oof.loc[tune_ids])
+        params[int(k)] = vars(best)
+    values = np.array(list(per_fold.values()))
+    return {"per_fold_ba": per_fold, "ba_mean": float(values.mean()), "ba_std": float(values.std()),
+            "params_per_fold": params, "trials_per_fold": n_trials}
+
+
+def model_baseline(oof: pd.Series, target: pd.Series, fold: pd.Series) -> dict:
+    """One model alone on the same folds: BA at 0.5, at its in-sample best threshold, and nested."""
+    per_fold_05, per_fold_nested = [], []
+    for k in sorted(fold.unique()):
+        held, rest = fold.index[fold == k], fold.index[fold != k]
+        per_fold_05.append(balanced_accuracy(target[held], oof[held], 0.5))
+        per_fold_nested.append(balanced_accuracy(target[held], oof[held], best_threshold(target[rest], oof[rest])))
+    threshold = best_threshold(target, oof)
+    return {"ba_at_0.5_mean": float(np.mean(per_fold_05)), "ba_at_0.5_std": float(np.std(per_fold_05)),
+            "pooled_ba_at_0.5": balanced_accuracy(target, oof, 0.5),
+            "tuned_threshold": threshold, "pooled_ba_at_tuned_threshold": balanced_accuracy(target, oof, threshold),
+            "nested_tuned_threshold_ba_mean": float(np.mean(per_fold_nested)),
+            "nested_tuned_threshold_ba_std": float(np.std(per_fold_nested)),
+            "auc": binary_scores(target, oof, 0.5)["auc"]}
+
+
+def per_fold_ba(score: pd.Series, target: pd.Series, fold: pd.Series, threshold: float) -> dict:
+    """BA of a score in each fold, with mean and std."""
+    values = {int(k): balanced_accuracy(target[fold == k], score[fold == k], threshold)
+              for k in sorted(fold.unique())}
+    return {"per_fold_ba": values, "ba_mean": float(np.mean(list(values.values()))),
+            "ba_std": float(np.std(list(values.values())))}
+
+
+def is_clinical_run(config: dict) -> bool:
+    """A run made by train_clinical.py (its config says stage: clinical)."""
+    return config.get("stage") == "clinical"
+
+
+def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: int, nested_trials: int,
+                      seed: int) -> tuple[FusionParams, pd.Series, dict]:
+    """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics)."""
+    best = tune(runs.oof, runs.target, study, n_trials, "fusion study")
+    fused = fuse(runs.oof, best, reference=runs.oof)
+    metrics = {"in_sample": {"pooled_ba": fused_ba(runs.oof, runs.target, best, runs.oof),
+                             "auc": binary_scores(runs.target, fused)["auc"],
+                             **per_fold_ba(fused, runs.target, runs.fold, best.threshold)},
+               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed),
+               "equal_weight_prob_mean_0.5": per_fold_ba(fuse(runs.oof, FusionParams({})), runs.target, runs.fold, 0.5),
+               "models": {n: model_baseline(runs.oof[n], runs.target, runs.fold) for n in runs.names},
+               "clinical_runs": [n for n, c in zip(runs.names, runs.configs) if is_clinical_run(c)],
+               "top_trials": top_trials_summary(study), "n_trials": n_trials}
+    return best, fused, metrics

@@ -1,0 +1,106 @@
+"""What the report reads: an ensemble run, the runs it fused (re-fused with lib.fusion.fuse), data and cell weights."""
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lib.data.dataset import Dataset, load_dataset
+from lib.core.errors import DataError
+from lib.fusion.fuse import FusionParams, fuse
+from lib.fusion.runs import RunSet, load_ensemble_runs
+from lib.core.paths import REPO_DIR
+
+log = logging.getLogger(__name__)
+BLEND = "blend"
+
+
+@dataclass
+class EnsembleRun:
+    """An ensemble run's chosen fusion, the runs it fused and their blended OOF prediction."""
+
+    run_dir: Path
+    params: FusionParams
+    saved: dict
+    runs: RunSet
+    blend: pd.DataFrame
+    metrics: dict
+
+    def oof_tables(self) -> dict[str, pd.DataFrame]:
+        """OOF table (ID,fold,target,proba) of every fused run and of the blend (last)."""
+        base = pd.DataFrame({"ID": self.runs.oof.index, "fold": self.runs.fold.to_numpy(),
+                             "target": self.runs.target.to_numpy()})
+        tables = {n: base.assign(proba=self.runs.oof[n].to_numpy()) for n in self.runs.names}
+        return tables | {BLEND: self.blend}
+
+    def thresholds(self) -> dict[str, float]:
+        """Decision threshold per model: 0.5 for each run alone, the tuned one for the blend."""
+        return {n: 0.5 for n in self.runs.names} | {BLEND: self.params.threshold}
+
+
+def load_ensemble(run_dir: str | Path) -> EnsembleRun:
+    """Read an ensemble run and re-fuse its runs' OOF predictions with the chosen fusion."""
+    run_dir = Path(run_dir)
+    runs, params, saved = load_ensemble_runs(run_dir)
+    fused = fuse(runs.oof, params, reference=runs.oof)
+    blend = pd.DataFrame({"ID": runs.oof.index, "fold": runs.fold.to_numpy(), "target": runs.target.to_numpy(),
+                          "proba": fused.to_numpy()})
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return EnsembleRun(run_dir, params, saved, runs, blend, metrics)
+
+
+def resolve_data_dir(given: Path | None, saved: dict) -> Path | None:
+    """The data directory: the one given, else the one the runs recorded (relative: to cwd or the repo)."""
+    if given is not None:
+        return Path(given)
+    recorded = saved.get("data_dir")
+    if not recorded:
+        return None
+    for candidate in (Path(recorded), REPO_DIR / recorded):
+        if candidate.is_dir():
+            return candidate
+    log.warning("data directory %s recorded by the runs is not found; pass --data-dir", recorded)
+    return None
+
+
+def load_data(data_dir: Path | None, saved: dict) -> Dataset | None:
+    """The validated dataset (None when unknown), refusing one other than the runs were trained on."""
+    if data_dir is None:
+        return None
+    dataset = load_dataset(data_dir)
+    expected = saved.get("dataset_name")
+    if not expected:
+        raise DataError(f"{data_dir}: the ensemble's best_params.json records no dataset_name; re-run ensemble.py")
+    if dataset.name != expected:
+        raise DataError(f"{data_dir}: dataset {dataset.name}, but the ensemble's runs used {expected}")
+    return dataset
+
+
+def cnn_run(ensemble: EnsembleRun) -> str | None:
+    """The fused run with per-cell weights (cells.csv), preferring weights that differ between cells (not
+    mean pooling), then the largest fusion weight; None when no run has cells.csv."""
+    paths = dict(zip(ensemble.runs.names, ensemble.runs.paths))
+    with_cells = [n for n in ensemble.runs.names if (paths[n] / "cells.csv").exists()]
+    return max(with_cells, default=None,
+               key=lambda n: (informative_weights(paths[n] / "cells.csv"), ensemble.params.weights.get(n, 0.0)))
+
+
+def informative_weights(path: Path) -> bool:
+    """Whether a cells.csv gives some patient's cells different weights."""
+    cells = pd.read_csv(path, usecols=["ID", "weight"], dtype={"ID": str})
+    spread = cells.groupby("ID")["weight"].agg(lambda w: w.max() - w.min())
+    return bool((spread > 1e-12).any())
+
+
+def read_cells(run_dir: Path, oof_ids) -> pd.DataFrame:
+    """OOF patients' cell weights from a run's cells.csv (ID, path, weight, ...)."""
+    path = Path(run_dir) / "cells.csv"
+    cells = pd.read_csv(path, dtype={"ID": str})
+    missing = [c for c in ("ID", "path", "weight") if c not in cells.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    if "split" in cells.columns:
+        cells = cells[cells["split"] != "test"]
+    return cells[cells["ID"].isin(set(oof_ids))].reset_index(drop=True)
