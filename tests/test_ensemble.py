@@ -175,3 +175,40 @@ def test_vectorised_balanced_accuracy_matches_sklearn():
     expected = [balanced_accuracy_score(y, (score >= t).astype(int)) for t in grid]
     assert fusion.balanced_accuracy(y, score, grid) == pytest.approx(expected)
     assert fusion.balanced_accuracy(y, score, 0.4) == pytest.approx(expected[1])
+
+
+def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs, tmp_path):
+    """ensemble.py killed (SIGKILL or SIGTERM) at random moments, from the first second on, then resumed:
+    never hangs on the killed trial, and ends with exactly the requested number of finished trials."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "ensemble.py", "--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
+               "--experiment", "ens", "--trials", "60", "--nested-trials", "20", "--resume"]
+    rng, db = random.Random(0), tmp_path / "runs" / "ens" / "study.db"
+    for round_ in range(12):
+        process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if round_ < 2:  # in the first second: before or while the run directory and study are made
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # in the middle of the trials: a short random moment after the study has started
+            deadline = time.time() + 30
+            while not db.exists() and process.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.6))
+        process.send_signal(signal.SIGKILL if round_ % 2 == 0 else signal.SIGTERM)
+        process.wait(timeout=60)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert time.perf_counter() - start < 45, "waited for a dead worker's trial"
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = fusion_study(tmp_path / "runs" / "ens")
+    finished = [t for t in study.trials if t.state in (optuna_states().COMPLETE, optuna_states().PRUNED)]
+    assert len(finished) == 60 and not [t for t in study.trials if t.state == optuna_states().RUNNING]
+
+
+def optuna_states():
+    from optuna.trial import TrialState
+    return TrialState

@@ -100,30 +100,45 @@ def test_instance_bn_weights_in_unit_interval_eval():
     assert ((w > 0) & (w < 1)).all()
 
 
+def raises_programming_error(match: str):
+    """A ValueError that is NOT the bad-input DataError: a caller's bug must give a traceback, not exit 2."""
+    class Check:
+        def __enter__(self):
+            self.ctx = pytest.raises(ValueError, match=match)
+            self.info = self.ctx.__enter__()
+
+        def __exit__(self, *exc):
+            handled = self.ctx.__exit__(*exc)
+            assert not isinstance(self.info.value, DataError), f"{self.info.value!r} is a DataError"
+            return handled
+    return Check()
+
+
 @pytest.mark.parametrize(
-    "kwargs, call, match",
+    "kwargs, call, match, user_input",
     [
-        ({"name": "nope"}, {}, "unknown MIL head"),
-        ({"name": "attention", "bogus": 1}, {}, "unknown option"),
-        ({"name": "attention", "clinical_dim": 2}, {}, "clinical must have 2"),
-        ({"name": "attention"}, {"clinical": torch.zeros(2)}, "clinical_dim=0"),
-        ({"name": "anomaly"}, {}, "anomaly scores"),
-        ({"name": "topk", "k": 0}, {}, "k must be"),
+        ({"name": "nope"}, {}, "unknown MIL head", True),
+        ({"name": "attention", "bogus": 1}, {}, "unknown option", True),
+        ({"name": "topk", "k": 0}, {}, "k must be", True),
+        ({"name": "attention", "clinical_dim": 2}, {}, "clinical must have 2", False),
+        ({"name": "attention"}, {"clinical": torch.zeros(2)}, "clinical_dim=0", False),
+        ({"name": "anomaly"}, {}, "anomaly scores", False),
     ],
 )
-def test_head_errors(kwargs, call, match):
-    with pytest.raises(DataError, match=match):
+def test_head_errors(kwargs, call, match, user_input):
+    """Bad options (from --head/--head-args) are bad input; inconsistent calls are programming errors."""
+    with (pytest.raises(DataError, match=match) if user_input else raises_programming_error(match)):
         name = kwargs.pop("name")
         create_head(name, IN_DIM, **kwargs)(torch.randn(4, IN_DIM), **call)
 
 
-def test_bad_feature_shapes():
+def test_bad_feature_shapes_are_programming_errors():
     head = create_head("mean", IN_DIM)
-    with pytest.raises(DataError, match="empty bag"):
+    with raises_programming_error("empty bag"):
         head(torch.randn(0, IN_DIM))
-    with pytest.raises(DataError, match="features must be"):
+    with raises_programming_error("features must be"):
         head(torch.randn(4, IN_DIM + 1))
-    with pytest.raises(DataError, match="empty bag"):
+    with raises_programming_error("empty bag"):
         head(torch.randn(2, 3, IN_DIM), mask=torch.tensor([[True] * 3, [False] * 3]))
 
 
@@ -146,8 +161,8 @@ def test_anomaly_model_errors():
     rng = np.random.default_rng(0)
     with pytest.raises(DataError, match="too few"):
         fit_anomaly_model(rng.normal(size=(3, 5)), n_components=4)
-    with pytest.raises(DataError, match="finite"):
+    with raises_programming_error("finite"):
         fit_anomaly_model(np.full((10, 5), np.nan))
     model = fit_anomaly_model(rng.normal(size=(40, 5)), n_components=2)
-    with pytest.raises(DataError, match="dim 6"):
+    with raises_programming_error("dim 6"):
         anomaly_scores(model, rng.normal(size=(4, 6)))

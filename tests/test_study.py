@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lib.core.study import count_done, open_study, run_trials, save_study_plots, top_trials_summary
+from lib.core.study import count_done, fail_orphaned, open_study, run_trials, save_study_plots, top_trials_summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,6 +69,35 @@ def test_trial_of_a_killed_process_is_marked_fail_and_the_study_resumes(tmp_path
     assert "marked FAIL" in caplog.text and "[2]" in caplog.text
     run_trials(study, lambda t: t.suggest_float("x", 0, 1), 4)
     assert count_done(study) == 4 and study.trials[2].state == TrialState.FAIL
+
+
+DIES_BEFORE_FIRST_HEARTBEAT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from lib.core.study import open_study
+study = open_study("o", None, {run_dir!r}, seed=0, heartbeat_interval=60)
+study.ask()  # the trial exists (RUNNING) and names its owner, but no heartbeat was ever recorded
+os._exit(9)
+"""
+
+
+def test_trial_killed_before_its_first_heartbeat_is_failed_at_once(tmp_path):
+    """Optuna's heartbeat check never fails a trial without a heartbeat row: it would stay RUNNING forever."""
+    script = textwrap.dedent(DIES_BEFORE_FIRST_HEARTBEAT.format(repo=str(REPO), run_dir=str(tmp_path)))
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120).returncode == 9
+    start = time.perf_counter()
+    study = open_study("o", None, tmp_path, seed=0, heartbeat_interval=60)  # grace 120 s: not waited for
+    assert [t.state for t in study.trials] == [TrialState.FAIL] and time.perf_counter() - start < 30
+    run_trials(study, lambda t: t.suggest_float("x", 0, 1), 2)
+    assert count_done(study) == 2
+
+
+def test_ownerless_running_trial_is_failed_after_the_grace_period(tmp_path):
+    """A trial created by a process that recorded no owner (e.g. killed inside ask) fails once it is old."""
+    study = open_study("n", None, tmp_path, seed=0, heartbeat_interval=60)
+    optuna.load_study(study_name="n", storage=study._storage, sampler=optuna.samplers.RandomSampler()).ask()
+    assert fail_orphaned(study, grace_period=60) == []  # young: it may still be starting
+    assert fail_orphaned(study, grace_period=0) == [0] and study.trials[0].state == TrialState.FAIL
 
 
 def test_running_trial_with_fresh_heartbeat_is_left_alone(tmp_path):

@@ -12,8 +12,11 @@ study ends with exactly ``n_trials`` finished trials. The TPE sampler draws each
 state derived from (seed, trial number): a study is reproducible, and two workers never propose the
 same random start-up configuration.
 """
+import datetime
 import logging
+import os
 import random
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -42,19 +45,56 @@ class SurplusTrial(Exception):
     """A trial asked for after the study already had its total of finished or running trials."""
 
 
-class TrialSeededTPE(optuna.samplers.TPESampler):
-    """TPE whose random state is re-derived from (seed, trial number) before each trial."""
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """TPE drawing each trial from a random state derived from (seed, trial number), on Optuna's public API.
+
+    Every trial gets its own ``TPESampler(seed=derived)``: TPE keeps no state between trials but its
+    random generator, so this is TPE with a per-trial seed. ``before_trial`` also records which process
+    owns the trial (a study attribute ``worker_<number>`` = host:pid), so that a trial whose process was
+    killed before its first heartbeat can still be recognised as orphaned (see ``fail_orphaned``).
+    """
 
     def __init__(self, seed: int, **kwargs) -> None:
-        super().__init__(seed=seed, **kwargs)
-        self._base_seed = seed
+        self._seed, self._kwargs, self._per_trial = seed, kwargs, {}
+
+    def _tpe(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+        """The trial's own TPE (made on first use, dropped after the trial)."""
+        if trial.number not in self._per_trial:
+            seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+            self._per_trial[trial.number] = optuna.samplers.TPESampler(seed=seed, **self._kwargs)
+        return self._per_trial[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Reseed the TPE and start-up random states for this trial number."""
-        state = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(2)
-        self._rng.rng.seed(int(state[0]))
-        self._random_sampler._rng.rng.seed(int(state[1]))
-        super().before_trial(study, trial)
+        """Record the owner of the trial, then let its TPE prepare."""
+        if not isinstance(study._storage, optuna.storages.InMemoryStorage):
+            study.set_user_attr(worker_key(trial.number), worker_id())
+        self._tpe(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe(trial).after_trial(study, trial, state, values)
+        self._per_trial.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial's generator is derived from (seed, trial number)."""
+
+
+def worker_id() -> str:
+    """This process as host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_key(number: int) -> str:
+    """Study attribute naming the process that owns trial ``number``."""
+    return f"worker_{number}"
 
 
 def default_storage(run_dir: str | Path) -> str:
@@ -118,18 +158,59 @@ def open_study(name: str, storage: str | None, run_dir: str | Path, seed: int, d
 
 
 def _fail_stale(study: optuna.Study) -> None:
-    """Mark FAIL the RUNNING trials whose heartbeat stopped (their process died); log how many."""
+    """Mark FAIL the RUNNING trials whose process died (stale heartbeat, or orphaned); log which."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    fail_orphaned(study)
     still = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     failed = sorted(running - still)
     if failed:
-        log.warning("study %r: trial(s) %s were left RUNNING by a process whose heartbeat stopped; "
-                    "marked FAIL (finished trials are kept)", study.study_name, failed)
+        log.warning("study %r: trial(s) %s were left RUNNING by a process that died; marked FAIL "
+                    "(finished trials are kept)", study.study_name, failed)
+
+
+def fail_orphaned(study: optuna.Study, grace_period: float | None = None) -> list[int]:
+    """FAIL the RUNNING trials that no live process owns, also those killed before their first heartbeat.
+
+    Optuna's heartbeat check skips a trial that never recorded a heartbeat (its process was killed
+    between creating the trial and the heartbeat thread's first beat), so such a trial would stay
+    RUNNING forever and a resumed study would wait for it. A trial is orphaned when its recorded owner
+    (``TrialSeededTPE.before_trial``) is a process of this host that no longer exists, or when no owner
+    was recorded and it started more than the grace period ago. Owners on other hosts are left to the
+    heartbeat. Failing goes through ``Study.tell``; returns the trial numbers failed.
+    """
+    grace = HEARTBEAT_INTERVAL_S * 2 if grace_period is None else grace_period
+    attrs, host, failed = study.user_attrs, socket.gethostname(), []
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = attrs.get(worker_key(trial.number))
+        if owner is None:
+            orphan = trial.datetime_start is not None and (now - trial.datetime_start).total_seconds() > grace
+        else:
+            owner_host, _, pid = owner.rpartition(":")
+            orphan = owner_host == host and int(pid) != os.getpid() and not _alive(int(pid))
+        if orphan:
+            try:
+                study.tell(trial.number, state=TrialState.FAIL)
+                failed.append(trial.number)
+            except (ValueError, RuntimeError):  # finished meanwhile by its owner or another worker
+                pass
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def count_done(study: optuna.Study) -> int:

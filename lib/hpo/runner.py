@@ -42,7 +42,7 @@ from lib.core.metrics import fold_metrics
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
 from lib.core.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials,
-                       safe_url, save_study_plots, top_trials_summary)
+                       safe_url, save_study_plots, top_trials_summary, worker_id)
 
 log = logging.getLogger(__name__)
 STUDY_OPTIONS = ("study", "trials", "storage", "heartbeat", "prune")
@@ -214,7 +214,7 @@ def open_trial_stage(trial: optuna.Trial, trial_args: argparse.Namespace, datase
                      run_dir: Path) -> Stage:
     """Create the trial's run directory (as open_stage does for a run) and its fold-reporting stage."""
     trial.set_user_attr("run_dir", run_dir.name)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("worker", worker_id())
     create_run(run_dir, config_dict(trial_args))
     log.info("trial %d: run directory %s", trial.number, run_dir)
     return Stage(trial_args, dataset, folds, run_dir, on_fold=pruning_hook(trial, int(folds["fold"].nunique())))

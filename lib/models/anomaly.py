@@ -25,10 +25,10 @@ class AnomalyModel:
 
 
 def _check_features(features: np.ndarray, what: str) -> np.ndarray:
-    """2-D finite float64 array or DataError."""
+    """2-D finite float64 array, or ValueError (a programming error, not bad input)."""
     arr = np.asarray(features, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0 or not np.isfinite(arr).all():
-        raise DataError(f"{what}: need a non-empty finite (n_cells, dim) array, got shape {arr.shape}")
+        raise ValueError(f"{what}: need a non-empty finite (n_cells, dim) array, got shape {arr.shape}")
     return arr
 
 
@@ -64,7 +64,7 @@ def anomaly_scores(model: AnomalyModel, features: np.ndarray, standardize: bool 
     x = _check_features(features, "anomaly scores")
     if x.shape[1] != model.pca.n_features_in_:
         fitted = model.pca.n_features_in_
-        raise DataError(f"anomaly scores: features have dim {x.shape[1]}, model was fitted on {fitted}")
+        raise ValueError(f"anomaly scores: features have dim {x.shape[1]}, model was fitted on {fitted}")
     d = _min_mahalanobis(model.gmm, model.pca.transform(x))
     if standardize:
         d = (d - model.score_mean) / model.score_std

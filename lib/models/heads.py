@@ -38,26 +38,26 @@ def _check_mask(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     if mask.shape != x.shape[:2]:
-        raise DataError(f"MIL head: mask shape {tuple(mask.shape)} does not match bags {tuple(x.shape[:2])}")
+        raise ValueError(f"MIL head: mask shape {tuple(mask.shape)} does not match bags {tuple(x.shape[:2])}")
     mask = mask.bool()
     if x.shape[1] == 0 or not bool(mask.any(dim=1).all()):
-        raise DataError("MIL head: empty bag (a patient with no cell)")
+        raise ValueError("MIL head: empty bag (a patient with no cell)")
     return mask
 
 
 def _check_clinical(clinical: torch.Tensor | None, expected: int, batch: int) -> None:
-    """Raise DataError unless clinical is (B, expected), or absent when expected == 0."""
+    """Raise ValueError (a programming error, not bad input) unless clinical is (B, expected), or absent when 0."""
     if expected == 0 and clinical is not None:
-        raise DataError("MIL head: got a clinical vector but the head was built with clinical_dim=0")
+        raise ValueError("MIL head: got a clinical vector but the head was built with clinical_dim=0")
     if expected > 0 and (clinical is None or tuple(clinical.shape) != (batch, expected)):
         got = None if clinical is None else tuple(clinical.shape)
-        raise DataError(f"MIL head: clinical must have {expected} features per bag, got shape {got}")
+        raise ValueError(f"MIL head: clinical must have {expected} features per bag, got shape {got}")
 
 
 def _check_anomaly(anomaly: torch.Tensor | None, mask: torch.Tensor) -> None:
-    """Raise DataError unless anomaly scores have one value per cell slot."""
+    """Raise ValueError (a programming error) unless anomaly scores have one value per cell slot."""
     if anomaly is not None and anomaly.shape != mask.shape:
-        raise DataError(f"MIL head: anomaly shape {tuple(anomaly.shape)} does not match bags {tuple(mask.shape)}")
+        raise ValueError(f"MIL head: anomaly shape {tuple(anomaly.shape)} does not match bags {tuple(mask.shape)}")
 
 
 def _unbatch(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -160,14 +160,14 @@ class MILHead(nn.Module):
         """Validate inputs and bring them to batch-first form."""
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_dim:
             d = self.in_dim
-            raise DataError(f"MIL head: features must be (n, {d}) or (B, n, {d}), got {tuple(x.shape)}")
+            raise ValueError(f"MIL head: features must be (n, {d}) or (B, n, {d}), got {tuple(x.shape)}")
         single = x.dim() == 2
         x, clinical, anomaly = (_batch_first(t, single) for t in (x, clinical, anomaly))
         mask = _check_mask(_batch_first(mask, single), x)
         _check_clinical(clinical, self.clinical_dim, x.shape[0])
         _check_anomaly(anomaly, mask)
         if self.needs_anomaly and anomaly is None:
-            raise DataError(f"MIL head '{type(self).__name__}': anomaly scores (anomaly=) are required")
+            raise ValueError(f"MIL head '{type(self).__name__}': anomaly scores (anomaly=) are required")
         return x, mask, clinical, anomaly
 
     def forward(
