@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.data.dataset import resolve_data_dir
+from lib.data.locate import resolve_data_dir
 from lib.data.dataset import load_dataset
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 

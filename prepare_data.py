@@ -6,7 +6,8 @@ from pathlib import Path
 from lib.core.cli import run_main
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR, FOLDS_DIR
-from lib.data.dataset import load_dataset, resolve_data_dir
+from lib.data.dataset import load_dataset
+from lib.data.locate import resolve_data_dir
 from lib.data.folds import DEFAULT_N_SPLITS, DEFAULT_SEED, fold_counts, folds_path, load_folds
 from lib.data.images import load_image_cache
 

@@ -16,7 +16,6 @@ import pandas as pd
 
 from lib.data.clinical import clinical_features, normalise_gender, parse_dob
 from lib.core.errors import DataError
-from lib.core.paths import DEMO_DATA_DIR
 
 log = logging.getLogger(__name__)
 COLUMNS = ["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]
@@ -55,15 +54,6 @@ class Dataset:
     @property
     def test(self) -> pd.DataFrame:
         return self.split("test")
-
-
-def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """The given data directory, or the embedded demo data (generated on first use)."""
-    if data_dir is not None:
-        return Path(data_dir).resolve()
-    from lib.data.demo import generate_demo
-    log.info("no --data-dir: using the embedded demo data in %s", DEMO_DATA_DIR)
-    return generate_demo(DEMO_DATA_DIR)
 
 
 def load_dataset(root: str | Path) -> Dataset:
