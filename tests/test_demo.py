@@ -1,4 +1,4 @@
-"""Tests for the synthetic DEMO competition generator (lib/demo/)."""
+"""Tests for the synthetic DEMO competition generator (lib/data/demo/)."""
 
 from __future__ import annotations
 
