@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.core.config import config_dict, parse_config
+from lib.core.config import ArgParser, config_dict, parse_config
 from lib.fusion.runs import load_runs
 from lib.stages.ensemble import run_ensemble
 from lib.core.paths import RUNS_DIR
@@ -18,7 +18,7 @@ from lib.core.runs import create_run
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of the fusion study."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
     parser.add_argument("--experiment", default="ensemble", help="results go to <runs-dir>/<experiment>/")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.core.cli import run_main
-from lib.core.config import parse_config
+from lib.core.config import ArgParser, parse_config
 from lib.data.dataset import load_dataset
 from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
@@ -22,7 +22,7 @@ from lib.stages.submission import demo_test_ba, fused_test, write_submission
 
 def build_parser() -> argparse.ArgumentParser:
     """Options: an ensemble run or a list of runs, the data directory and the output file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ensemble", type=Path, help="ensemble run directory (uses its best_params.json)")

@@ -12,14 +12,14 @@ from lib.core.cli import run_main
 from lib.stages.context import open_stage
 from lib.models.clinical import PENALTIES, parse_c
 from lib.stages.clinical import train_clinical
-from lib.core.config import add_common_args, parse_config
+from lib.core.config import ArgParser, add_common_args, parse_config
 from lib.features.tables import FEATURE_SETS
 from lib.hpo import add_study_args, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Common options plus the clinical model's own."""
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_common_args(ArgParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
                         help="patient features (see lib/features/tables.py)")
     parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
