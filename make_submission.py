@@ -17,7 +17,7 @@ from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
 from lib.fusion.fuse import FusionParams
 from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
-from lib.stages.submission import demo_test_ba, fused_test, write_submission
+from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_config(build_parser(), argv)
     runs, params, source = resolve_runs(args)
     data_dir, test_ids = test_ids_of(args, runs)
+    check_runs_cover_test(runs, test_ids, data_dir)
     out, out_proba = write_submission(fused_test(runs, params), params.threshold, test_ids, args.out)
     labels = pd.read_csv(out, dtype={"Id": str})
     print(f"{source}: {params.method}, threshold {params.threshold:.3f}, "

@@ -45,20 +45,20 @@ def create_run(run_dir: Path, config: dict, resume: bool = False) -> Path:
     """Create a run directory (refusing to overwrite one unless resuming with the same config)."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
-    if saved.exists() and not resume:
-        raise DataError(f"{run_dir}: run already exists; pass --resume to continue it or pick another --experiment")
     created = not run_dir.exists()
+    held = Path(run_dir).resolve() in _HELD_LOCKS
     make_dirs(run_dir)
+    claim_run_dir(run_dir)  # before config.yaml is looked at: no other process is on this run
     try:
-        claim_run_dir(run_dir)
-        if saved.exists() and not resume:  # another process created it meanwhile
+        if saved.exists() and not resume:
             raise DataError(f"{run_dir}: run already exists; pass --resume to continue it or pick another --experiment")
         if saved.exists():
             _check_same_config(saved, config)
     except DataError:
         if created:
-            release_run_dir(run_dir)
             _remove_empty(run_dir)
+        if not held:
+            release_run_dir(run_dir)
         raise
     atomic_write_yaml(config, saved)
     version = code_version()
