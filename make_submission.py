@@ -58,6 +58,8 @@ def test_ids_of(args: argparse.Namespace, runs: RunSet) -> tuple[Path, list[str]
 def main(argv: list[str] | None = None) -> Path:
     """Fuse the runs' test predictions, threshold, validate and write the submission files."""
     args = parse_config(build_parser(), argv)
+    if Path(args.out).is_dir():
+        raise DataError(f"{args.out}: --out names a directory, not a submission file to write")
     runs, params, source = resolve_runs(args)
     data_dir, test_ids = test_ids_of(args, runs)
     check_runs_cover_test(runs, test_ids, data_dir)

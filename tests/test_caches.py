@@ -89,3 +89,26 @@ def test_embeddings_recomputed_when_images_are_replaced(tmp_path, caplog):
     assert "v0.csv: cached cells differ" in caplog.text
     assert after.computed == len(after.index)
     assert not np.allclose(before.arrays["v0"].astype(float), after.arrays["v0"].astype(float))
+
+
+def test_full_disk_while_building_the_image_cache_is_a_data_error(tmp_path, monkeypatch):
+    import errno
+    from lib.core.errors import DataError
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    data = make_2024(tmp_path / "d", n_cells=2, size=32)
+    with pytest.raises(DataError, match=r"_c24.u8.tmp: cannot write the decoded-image cache \(No space left"):
+        load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*"))
+
+
+def test_images_of_another_size_are_reported(tmp_path, caplog):
+    from conftest import write_jpg
+    data = make_2024(tmp_path / "d", n_cells=2, size=32)
+    write_jpg(data / "trainset" / "P3" / "000001.jpg", seed=9, size=40)
+    with caplog.at_level(logging.WARNING):
+        load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
+    assert "P3/000001.jpg: 40x40 differs from the first image's 32x32" in caplog.text
