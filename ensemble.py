@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.core.config import config_dict, parse_config
+from lib.core.config import ArgParser, config_dict, parse_config
+from lib.core.errors import DataError
 from lib.fusion.runs import load_runs
 from lib.stages.ensemble import run_ensemble
 from lib.core.paths import RUNS_DIR
@@ -18,7 +19,7 @@ from lib.core.runs import create_run
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of the fusion study."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
     parser.add_argument("--experiment", default="ensemble", help="results go to <runs-dir>/<experiment>/")
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     """Check the runs agree, run the fusion study and write its outputs; return params and metrics."""
     args = parse_config(build_parser(), argv)
-    runs = load_runs(args.runs)
+    for option, value in (("--trials", args.trials), ("--nested-trials", args.nested_trials)):
+        if value is not None and value < 1:
+            raise DataError(f"{option} {value} must be >= 1")
+    runs = load_runs(args.runs)  # settings and runs are checked before the run directory is created
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
     result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
                       args.experiment)

@@ -11,18 +11,18 @@ from pathlib import Path
 import pandas as pd
 
 from lib.core.cli import run_main
-from lib.core.config import parse_config
+from lib.core.config import ArgParser, parse_config
 from lib.data.dataset import load_dataset
 from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
 from lib.fusion.fuse import FusionParams
 from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
-from lib.stages.submission import demo_test_ba, fused_test, write_submission
+from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Options: an ensemble run or a list of runs, the data directory and the output file."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ensemble", type=Path, help="ensemble run directory (uses its best_params.json)")
@@ -58,8 +58,11 @@ def test_ids_of(args: argparse.Namespace, runs: RunSet) -> tuple[Path, list[str]
 def main(argv: list[str] | None = None) -> Path:
     """Fuse the runs' test predictions, threshold, validate and write the submission files."""
     args = parse_config(build_parser(), argv)
+    if Path(args.out).is_dir():
+        raise DataError(f"{args.out}: --out names a directory, not a submission file to write")
     runs, params, source = resolve_runs(args)
     data_dir, test_ids = test_ids_of(args, runs)
+    check_runs_cover_test(runs, test_ids, data_dir)
     out, out_proba = write_submission(fused_test(runs, params), params.threshold, test_ids, args.out)
     labels = pd.read_csv(out, dtype={"Id": str})
     print(f"{source}: {params.method}, threshold {params.threshold:.3f}, "

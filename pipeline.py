@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from lib.core.cli import run_main
+from lib.core.config import ArgParser
 from lib.data.locate import resolve_data_dir
 from lib.data.dataset import load_dataset
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
@@ -19,7 +20,7 @@ MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="competition directory (default: the embedded demo data)")
     parser.add_argument("--out", type=Path, default=REPO_DIR / "submission.csv")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="parent of the run directories")

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 from lib.core.cli import run_main
+from lib.core.config import ArgParser
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR, FOLDS_DIR
 from lib.data.dataset import load_dataset
@@ -13,7 +14,7 @@ from lib.data.images import load_image_cache
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgParser(description=__doc__)
     parser.add_argument("--data-dir", help="competition directory (default: the embedded demo data)")
     parser.add_argument("--n-folds", type=int, default=DEFAULT_N_SPLITS)
     parser.add_argument("--fold-seed", type=int, default=DEFAULT_SEED)

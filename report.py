@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 
 from lib.core.cli import run_main
+from lib.core.config import ArgParser
 from lib.stages.report.build import build_report
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ensemble", type=Path, required=True, help="ensemble.py run directory")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="competition directory (default: the one recorded by the fused runs)")

@@ -9,17 +9,17 @@ searches feature set, penalty and C (lib/hpo/clinical.py), one run per trial und
 import argparse
 
 from lib.core.cli import run_main
-from lib.stages.context import open_stage
+from lib.stages.context import load_stage_data, open_stage
 from lib.models.clinical import PENALTIES, parse_c
-from lib.stages.clinical import train_clinical
-from lib.core.config import add_common_args, parse_config
+from lib.stages.clinical import check_clinical_options, train_clinical
+from lib.core.config import ArgParser, add_common_args, parse_config
 from lib.features.tables import FEATURE_SETS
 from lib.hpo import add_study_args, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Common options plus the clinical model's own."""
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_common_args(ArgParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
                         help="patient features (see lib/features/tables.py)")
     parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.study:
         from lib.hpo.clinical import clinical_plan
         return run_study(args, parser, clinical_plan())
-    stage = open_stage(args, default_experiment="clinical")
+    check_clinical_options(args)  # every setting and the data are checked before the run directory exists
+    stage = open_stage(args, default_experiment="clinical", dataset=load_stage_data(args))
     metrics = train_clinical(stage)
     print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
           f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds, threshold 0.5) "

@@ -13,7 +13,7 @@ Writes runs/<experiment>/ (see lib/stages/cnn.py for the layout).
 import argparse
 
 from lib.core.cli import run_main
-from lib.core.config import add_common_args, parse_config
+from lib.core.config import ArgParser, add_common_args, parse_config
 from lib.hpo import add_study_args, run_study
 from lib.stages.cnn import add_cnn_args, check_data, check_options, run_cnn
 from lib.stages.context import load_stage_data, open_stage
@@ -21,7 +21,7 @@ from lib.stages.context import load_stage_data, open_stage
 
 def build_parser() -> argparse.ArgumentParser:
     """Common options plus the CNN stage's own."""
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = add_common_args(ArgParser(description=__doc__.splitlines()[0],
                                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                                      epilog="\n".join(__doc__.splitlines()[2:])))
     return add_study_args(add_cnn_args(parser))

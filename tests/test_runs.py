@@ -36,3 +36,35 @@ def test_lymph_cache_dir_moves_every_cache(tmp_path):
     default = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_DIR, capture_output=True, text=True)
     first, second = default.stdout.split("\n")[:2]
     assert first == second
+
+
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path):
+    """A run directory is claimed (flock on run_dir/.lock) for the life of the process that created it."""
+    code = ("import sys, time; from pathlib import Path; from lib.core.runs import create_run; "
+            "create_run(Path(sys.argv[1]), {'seed': 0}); print('ready', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "a")], cwd=REPO_DIR,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for resume in (False, True):
+            with pytest.raises(DataError, match=rf"in use by {holder.pid}@"):
+                create_run(tmp_path / "a", {"seed": 0}, resume=resume)
+        assert (tmp_path / "a" / ".lock").read_text().startswith(f"{holder.pid}@")
+    finally:
+        holder.kill()
+        holder.wait()
+    create_run(tmp_path / "a", {"seed": 0}, resume=True)  # released when its holder died
+
+
+def test_refused_run_leaves_no_directory_and_deleted_run_is_not_found(tmp_path):
+    from lib.core.runs import read_predictions
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        if not os.access(tmp_path / "ro", os.W_OK):  # root writes anywhere
+            with pytest.raises(DataError, match="ro/x: cannot create directory"):
+                create_run(tmp_path / "ro" / "x", {"seed": 0})
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    with pytest.raises(DataError, match="gone: run directory not found"):
+        read_predictions(tmp_path / "gone")

@@ -148,3 +148,10 @@ def test_demo_test_ba(tmp_path):
     pd.DataFrame({"ID": TEST_IDS, "LABEL": [0, 1, 0]}).to_csv(tmp_path / "demo_test_truth.csv", index=False)
     assert demo_test_ba(tmp_path, good()) == pytest.approx(0.75)
     assert demo_test_ba(tmp_path / "nothing", good()) is None
+
+
+def test_test_patient_missing_from_a_run_names_its_test_csv(data_dir, tmp_path):
+    run = write_run(tmp_path / "a", data_dir, 0, test_ids=("P7",))
+    with pytest.raises(DataError, match=r"a/test.csv: 1 test patient\(s\) of .* missing, e.g. P8"):
+        make_submission.main(["--runs", str(run), "--out", str(tmp_path / "sub.csv")])
+    assert not (tmp_path / "sub.csv").exists()

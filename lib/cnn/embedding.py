@@ -7,12 +7,12 @@ A *view* is one way of showing every cell to the backbone:
 
 Each view is stored as
 ``cache/emb/<dataset>/<backbone>_<weights8>_c<crop>[_in<side>]_<precision>_<code6>_<view>.npy``
-(float16, one row per covered cell in image-cache order) with ``.csv`` beside it (ID, file) written
-last. The name holds everything that changes the numbers: ``weights8`` is the first 8 hex digits of
+(float16, one row per covered cell in image-cache order) with ``.csv`` beside it (ID, file, size,
+mtime_ns of each image: its content identity) written last. The name holds everything that changes the numbers: ``weights8`` is the first 8 hex digits of
 the SHA-1 of the backbone's tensors (``lib.models.backbones.weights_tag``), ``precision`` the autocast
 dtype of the forward pass (fp32, bf16, fp16), ``code6`` a hash of the transform code and of the
 torch/timm/albumentations versions (``code_tag``). A cache whose index does not match the dataset's
-cells is recomputed.
+cells (a cell added, removed, replaced or touched) is recomputed, with a warning naming it.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from lib.core.io import atomic_write_bytes, atomic_write_csv
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
-from lib.data.images import ImageCache, load_image_cache, patient_rows
+from lib.data.images import ImageCache, cell_keys, load_image_cache, patient_rows, same_cells
 
 log = logging.getLogger(__name__)
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -139,18 +139,14 @@ def covered_cells(index: pd.DataFrame, view: str) -> pd.DataFrame:
     return index[index["split"] == "train"]
 
 
-def _cell_keys(cells: pd.DataFrame) -> pd.DataFrame:
-    """Location-independent identity of cells: patient ID and file name."""
-    return pd.DataFrame({"ID": cells["ID"].to_numpy(), "file": [Path(p).name for p in cells["path"]]})
-
-
 def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame) -> np.ndarray | None:
     """A cached view when its index matches these cells, else None."""
     if not index_path.exists() or not array_path.exists():
         return None
     saved = pd.read_csv(index_path, dtype={"ID": str, "file": str})
-    if not saved.equals(_cell_keys(cells)):
-        log.warning("%s: cached cells differ from the dataset, recomputing", index_path)
+    if not same_cells(saved, cells):
+        log.warning("%s: cached cells differ from the dataset (added, removed, replaced or touched), recomputing",
+                    index_path)
         return None
     return np.load(array_path)
 
@@ -160,7 +156,7 @@ def _write_view(array: np.ndarray, array_path: Path, index_path: Path, cells: pd
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(buffer.getvalue(), array_path)
-    atomic_write_csv(_cell_keys(cells), index_path)
+    atomic_write_csv(cell_keys(cells), index_path)
 
 
 @torch.inference_mode()

@@ -12,6 +12,18 @@ DEFAULT_N_FOLDS = 5
 DEFAULT_FOLD_SEED = 42
 
 
+class ArgParser(argparse.ArgumentParser):
+    """ArgumentParser of every script: no prefix matching (``--epoch`` is not ``--epochs``), and a bad
+    command line is a one-line DataError (exit code 2 through lib.core.cli.run_main) naming the option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise DataError(f"{message} (see {self.prog} --help)")
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments every stage script shares."""
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
@@ -33,7 +45,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with defaults taken from the ``--config`` YAML when one is given."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgParser(add_help=False)
     pre.add_argument("-c", "--config", type=Path)
     known, _ = pre.parse_known_args(argv)
     if known.config:
@@ -48,14 +60,65 @@ def _read_yaml_defaults(path: Path, parser: argparse.ArgumentParser) -> dict:
     """Defaults from a YAML mapping whose keys must all be known options."""
     if not path.exists():
         raise DataError(f"{path}: config file not found")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})") from None
     if not isinstance(values, dict):
         raise DataError(f"{path}: config must be a mapping of option: value")
-    known = {a.dest for a in parser._actions}
-    unknown = sorted(set(values) - known)
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(str(k) for k in set(values) - set(actions))
     if unknown:
         raise DataError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    return values
+    return {key: _check_value(path, actions[key], value) for key, value in values.items()}
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One-line description of a YAML error, with its line and column when known."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _check_value(path: Path, action: argparse.Action, value):
+    """A YAML value checked like the command line would check it: the action's ``type``, ``choices``, nargs."""
+    option = action.option_strings[-1] if action.option_strings else action.dest
+    where = f"{path}: {action.dest} (option {option})"
+    if value is None:
+        return None
+    if action.nargs == 0:  # store_true / BooleanOptionalAction flags
+        if not isinstance(value, bool):
+            raise DataError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not items:
+            raise DataError(f"{where}: expected at least one value")
+        return [_convert(where, action, item) for item in items]
+    return _convert(where, action, value)
+
+
+def _convert(where: str, action: argparse.Action, value):
+    """One value through the action's ``type`` (as the command line text would be) and ``choices``."""
+    if action.type is not None and not isinstance(value, (dict, list)):
+        if isinstance(value, bool) or (isinstance(value, float) and action.type is int):
+            raise DataError(f"{where}: invalid value {value!r}")
+        try:
+            value = action.type(value if isinstance(value, str) else str(value))
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            detail = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"invalid value {value!r}"
+            raise DataError(f"{where}: {detail}") from None
+    elif action.type is not None:
+        try:
+            value = action.type(value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: {exc}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise DataError(f"{where}: invalid choice {value!r} (choose from {choices})")
+    return value
 
 
 def config_dict(args: argparse.Namespace) -> dict:

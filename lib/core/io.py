@@ -8,20 +8,47 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from lib.core.errors import DataError
+
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
     """Write bytes to a temporary file beside ``path`` then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file to write")
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({os_problem(exc)})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write ({os_problem(exc)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def os_problem(exc: OSError) -> str:
+    """Short text of an OS error (e.g. 'Permission denied', 'No space left on device')."""
+    return exc.strerror or str(exc)
+
+
+def make_dirs(path: str | Path) -> Path:
+    """``mkdir -p`` whose failure (permission, a file in the way, a full disk) is a DataError naming the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataError(f"{path}: exists and is not a directory") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create directory ({os_problem(exc)})") from None
     return path
 
 

@@ -4,7 +4,10 @@ Layout of ``runs/<experiment>/``: ``config.yaml``, ``code_version.json`` (+ ``co
 tree is dirty), ``log.txt``, ``oof.csv`` (ID,fold,target,proba), ``test.csv`` (ID,fold_0..fold_k-1,
 proba = mean over folds), ``metrics.json`` and PNG plots.
 """
+import fcntl
 import logging
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,12 +15,14 @@ import pandas as pd
 import yaml
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml
+from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, make_dirs, os_problem
 from lib.core.paths import REPO_DIR
 
 log = logging.getLogger(__name__)
 NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "trials", "nested_trials",
                           "progress", "embed_batch", "cache_dir", "verbose"}
+LOCK_NAME = ".lock"
+_HELD_LOCKS: dict[Path, int] = {}  # run dir -> open fd of its lock file, held (flock) until the process exits
 
 
 def code_version() -> dict:
@@ -40,11 +45,21 @@ def create_run(run_dir: Path, config: dict, resume: bool = False) -> Path:
     """Create a run directory (refusing to overwrite one unless resuming with the same config)."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
-    if saved.exists() and not resume:
-        raise DataError(f"{run_dir}: run already exists; pass --resume to continue it or pick another --experiment")
-    if saved.exists():
-        _check_same_config(saved, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    held = Path(run_dir).resolve() in _HELD_LOCKS
+    make_dirs(run_dir)
+    claim_run_dir(run_dir)  # before config.yaml is looked at: no other process is on this run
+    try:
+        if saved.exists() and not resume:
+            raise DataError(f"{run_dir}: run already exists; pass --resume to continue it or pick another --experiment")
+        if saved.exists():
+            _check_same_config(saved, config)
+    except DataError:
+        if created:
+            _remove_empty(run_dir)
+        if not held:
+            release_run_dir(run_dir)
+        raise
     atomic_write_yaml(config, saved)
     version = code_version()
     atomic_write_json({k: v for k, v in version.items() if k != "diff"}, run_dir / "code_version.json")
@@ -52,6 +67,49 @@ def create_run(run_dir: Path, config: dict, resume: bool = False) -> Path:
         atomic_write_text(version["diff"] + "\n", run_dir / "code.diff")
     attach_log_file(run_dir / "log.txt")
     return run_dir
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive lock on ``run_dir/.lock`` for the life of this process (pid@host written in it).
+
+    A second process (a new run or a --resume) on the same run directory is refused with one line naming
+    the holder. The lock is an ``fcntl.flock`` on an open file, so the kernel releases it when the process
+    exits, however it exits; a stale lock file left behind is simply taken over.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD_LOCKS:
+        return
+    path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create the run lock ({os_problem(exc)})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DataError(f"{run_dir}: run directory is in use by {holder} (lock {path}); wait for it to finish "
+                        f"or pick another --experiment") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+    _HELD_LOCKS[run_dir] = fd
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Release this process's lock on a run directory (normally left to process exit)."""
+    fd = _HELD_LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _remove_empty(run_dir: Path) -> None:
+    """Remove a run directory this call created, when it holds only its lock file."""
+    try:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _check_same_config(saved: Path, config: dict) -> None:
@@ -93,6 +151,8 @@ def read_predictions(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     tables = []
     for name in ("oof.csv", "test.csv"):
         path = Path(run_dir) / name
+        if not Path(run_dir).is_dir():
+            raise DataError(f"{run_dir}: run directory not found")
         if not path.exists():
             raise DataError(f"{path}: predictions not found (did the run finish?)")
         table = pd.read_csv(path, dtype={"ID": str})

@@ -7,6 +7,7 @@ import pandas as pd
 # Ages are computed at one fixed date so that features never depend on when the code runs.
 # 2020-01-01 predates both competition editions (2021, 2024) and is documented in the README.
 AGE_REFERENCE_DATE = date(2020, 1, 1)
+MAX_AGE = 120  # years at AGE_REFERENCE_DATE; a DOB giving an age outside 0..MAX_AGE is refused
 DOB_FORMATS = ("%m/%d/%Y", "%d-%m-%Y")
 CLINICAL_FEATURES = ["age", "log_lymph", "gender_m"]
 

@@ -9,18 +9,25 @@ patient whose bag ends up empty is an error.
 """
 import hashlib
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from lib.data.clinical import clinical_features, normalise_gender, parse_dob
+from lib.data.clinical import AGE_REFERENCE_DATE, MAX_AGE, age_years, clinical_features, normalise_gender, parse_dob
 from lib.core.errors import DataError
 
 log = logging.getLogger(__name__)
 COLUMNS = ["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg"}
 SPLIT_DIRS = {"train": "trainset", "test": "testset"}
+# Patient IDs name folders: a sane name only (no separators, no '.'/'..', at most 64 characters).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Plausible lymphocyte counts (G/L): the highest counts reported in CLL are a few hundred G/L, so a value
+# above 1000 is a unit or typing error (e.g. cells/uL instead of G/L), not a patient.
+MAX_LYMPH_COUNT = 1000.0
 
 
 @dataclass
@@ -89,16 +96,38 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """Read one clinical CSV as text, dropping an unnamed index column, checking the columns."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    _check_utf8(path)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    names = [str(c) for c in table.columns]
+    repeated = sorted({re.sub(r"\.\d+$", "", c) for c in names if re.fullmatch(r".+\.\d+", c)
+                       and re.sub(r"\.\d+$", "", c) in names})
+    if repeated:
+        raise DataError(f"{path}: duplicate column(s) {', '.join(repeated)}")
     table = table.loc[:, [c for c in table.columns if c and not c.startswith("Unnamed")]]
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        hint = " (use ',' as delimiter)" if len(table.columns) == 1 and ";" in str(table.columns[0]) else ""
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
+    if table.empty:
+        raise DataError(f"{path}: no patient rows (header only)")
     table = table[COLUMNS].apply(lambda col: col.str.strip())
     return table.assign(source=str(path))
+
+
+def _check_utf8(path: Path) -> None:
+    """The CSV must be UTF-8 text: name the byte offset and line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
+                        f"line {line}); save it as UTF-8") from None
 
 
 def _validate_patients(table: pd.DataFrame) -> pd.DataFrame:
@@ -116,11 +145,18 @@ def _validate_row(row: dict) -> dict:
     where = f"{row['source']}: patient {row['ID'] or '<empty ID>'}"
     if not row["ID"]:
         raise DataError(f"{where}: empty ID")
+    if not ID_PATTERN.fullmatch(row["ID"]) or row["ID"] in {".", ".."}:
+        raise DataError(f"{where}: ID {row['ID']!r} is not a plain folder name "
+                        f"(letters, digits, '_', '.', '-'; at most 64 characters)")
     label = _parse_label(row["LABEL"], row["split"], where)
     try:
-        parse_dob(row["DOB"])
+        dob = parse_dob(row["DOB"])
     except ValueError:
         raise DataError(f"{where}: unparseable DOB {row['DOB']!r} (expected M/D/YYYY or DD-MM-YYYY)") from None
+    age = age_years(dob)
+    if not 0 <= age <= MAX_AGE:
+        raise DataError(f"{where}: DOB {row['DOB']!r} gives age {age:.1f} at {AGE_REFERENCE_DATE}, "
+                        f"outside 0..{MAX_AGE}")
     try:
         gender = normalise_gender(row["GENDER"])
     except ValueError as exc:
@@ -128,6 +164,9 @@ def _validate_row(row: dict) -> dict:
     count = pd.to_numeric(row["LYMPH_COUNT"], errors="coerce")
     if not count > 0:
         raise DataError(f"{where}: LYMPH_COUNT {row['LYMPH_COUNT']!r} is missing or not positive")
+    if not math.isfinite(count) or count > MAX_LYMPH_COUNT:
+        raise DataError(f"{where}: LYMPH_COUNT {row['LYMPH_COUNT']!r} is implausible "
+                        f"(expected a finite count in G/L, at most {MAX_LYMPH_COUNT:g})")
     return {"ID": row["ID"], "LABEL": label, "GENDER": gender, "DOB": row["DOB"],
             "LYMPH_COUNT": float(count), "split": row["split"]}
 
@@ -146,9 +185,13 @@ def _parse_label(text: str, split: str, where: str) -> int:
 
 def _patient_images(root: Path, pid: str, split: str) -> list[Path]:
     """Readable images of one patient's bag; unreadable files are skipped with a warning."""
-    folder = root / SPLIT_DIRS[split] / pid
+    split_dir = root / SPLIT_DIRS[split]
+    folder = split_dir / pid
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder of {split} patient {pid} not found")
+    if folder.resolve().parent != split_dir.resolve():
+        raise DataError(f"{folder}: image folder of {split} patient {pid} resolves to {folder.resolve()}, "
+                        f"outside {split_dir} (a link out of the data directory?)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder}: no .jpg images for patient {pid}")

@@ -35,6 +35,8 @@ def strata(train: pd.DataFrame, n_splits: int) -> pd.Series:
 def make_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """Seeded StratifiedKFold over train patients: a table ``ID, fold`` sorted by ID."""
     train = dataset.train.sort_index()
+    if n_splits < 2:
+        raise DataError(f"--n-folds {n_splits} must be >= 2")
     if train["LABEL"].value_counts().min() < n_splits:
         raise DataError(f"{dataset.root}: fewer patients of a class than {n_splits} folds")
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)

@@ -3,8 +3,12 @@
 Decoding a 224x224 JPEG costs more than reading a cached crop, and every later epoch and script
 reads the same cells, so the first use decodes each image once into
 ``cache/<dataset>_c<crop>.u8`` (N x crop x crop x 3, RGB) with an index CSV beside it.
+The index records each cell's identity (ID, file name, size and mtime_ns of the file) and is compared
+with the images on every read: when a cell was added, removed, replaced or touched, the cache is rebuilt
+(with a warning naming it), never silently reused.
 """
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +20,7 @@ from lib.core.progress import tqdm
 
 from lib.data.dataset import Dataset
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv
+from lib.core.io import atomic_write_csv, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)
@@ -31,23 +35,57 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
-    """Central ``size`` x ``size`` crop (None keeps the image)."""
+def center_crop(img: np.ndarray, size: int | None, path: str | Path | None = None) -> np.ndarray:
+    """Central ``size`` x ``size`` crop (None keeps the image); ``path`` names the image in errors."""
     if size is None:
         return img
     h, w = img.shape[:2]
     if size > min(h, w):
-        raise DataError(f"crop {size} is larger than the {h}x{w} images")
+        where = f"{path}: " if path is not None else ""
+        raise DataError(f"{where}crop {size} is larger than the {h}x{w} images")
     top, left = (h - size) // 2, (w - size) // 2
     return img[top:top + size, left:left + size]
 
 
+CELL_KEY = ["ID", "file", "size", "mtime_ns"]  # what identifies a cell's content in every cache index
+
+
+def file_stat(path: str | Path) -> tuple[int, int]:
+    """(size in bytes, mtime in ns) of an image: its cheap content identity."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def cell_keys(cells: pd.DataFrame) -> pd.DataFrame:
+    """Location-independent identity of cells (ID, file, size, mtime_ns) from a table with ID and path."""
+    if {"size", "mtime_ns"} <= set(cells.columns):
+        size, mtime = cells["size"].to_numpy(np.int64), cells["mtime_ns"].to_numpy(np.int64)
+    else:
+        stats = np.array([file_stat(p) for p in cells["path"]], dtype=np.int64).reshape(-1, 2)
+        size, mtime = stats[:, 0], stats[:, 1]
+    return pd.DataFrame({"ID": cells["ID"].astype(str).to_numpy(), "file": [Path(p).name for p in cells["path"]],
+                         "size": size, "mtime_ns": mtime})
+
+
+def same_cells(saved: pd.DataFrame, cells: pd.DataFrame) -> bool:
+    """Whether a cache index ``saved`` (with CELL_KEY columns) describes exactly these cells, in order."""
+    if not set(CELL_KEY) <= set(saved.columns) or len(saved) != len(cells):
+        return False
+    now = cell_keys(cells)
+    old = saved[CELL_KEY]
+    return bool((old["ID"].astype(str).to_numpy() == now["ID"].to_numpy()).all()
+                and (old["file"].astype(str).to_numpy() == now["file"].to_numpy()).all()
+                and (old["size"].to_numpy(np.int64) == now["size"].to_numpy()).all()
+                and (old["mtime_ns"].to_numpy(np.int64) == now["mtime_ns"].to_numpy()).all())
+
+
 def image_index(dataset: Dataset) -> pd.DataFrame:
-    """One row per image: ID, split, path and its row number in a cache."""
+    """One row per image: ID, split, path, file, size, mtime_ns and its row number in a cache."""
     rows = [(pid, split, str(path)) for pid, split in dataset.patients["split"].items()
             for path in dataset.images[pid]]
     table = pd.DataFrame(rows, columns=["ID", "split", "path"])
-    return table.assign(row=np.arange(len(table)))
+    keys = cell_keys(table)
+    return table.assign(file=keys["file"], size=keys["size"], mtime_ns=keys["mtime_ns"], row=np.arange(len(table)))
 
 
 def patient_rows(index: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -85,36 +123,84 @@ def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
     """Open the dataset's decoded cache, building it first if absent (the index is written last)."""
     array_path, index_path = cache_paths(dataset, crop, cache_dir)
     index = image_index(dataset)
-    if not index_path.exists():
+    fresh = index_path.exists() and array_path.exists() and _read_index(index_path, index)
+    if not fresh:
+        if index_path.exists():
+            log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or touched), "
+                        "rebuilding the decoded cache", index_path, dataset.root)
+            index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
         _build(index, crop, array_path, workers, progress)
         atomic_write_csv(index, index_path)
-    elif not _same_cells(pd.read_csv(index_path, dtype={"ID": str}), index):
-        raise DataError(f"{index_path}: cache does not match the images of {dataset.root}; delete it")
     array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
     return ImageCache(array=array, index=index)
 
 
-def _same_cells(saved: pd.DataFrame, index: pd.DataFrame) -> bool:
-    """Same cells in the same rows: patient ID and file name, not the directory (a moved data dir matches)."""
-    def keys(table: pd.DataFrame) -> list[tuple[str, str]]:
-        return list(zip(table["ID"].astype(str), (Path(p).name for p in table["path"])))
-    return keys(saved) == keys(index)
+def _read_index(index_path: Path, index: pd.DataFrame) -> bool:
+    """Whether the saved index describes exactly these cells (a moved data dir still matches)."""
+    try:
+        saved = pd.read_csv(index_path, dtype={"ID": str, "file": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+    return same_cells(saved, index)
 
 
 def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progress: bool) -> None:
-    """Decode every image into a temporary memmap, then rename it into place."""
-    array_path.parent.mkdir(parents=True, exist_ok=True)
+    """Decode every image into a preallocated temporary memmap, then rename it into place.
+
+    The file is allocated up front (``posix_fallocate``) so that a full disk is a DataError naming it, not a
+    SIGBUS while writing the memmap; the temporary file is removed on any failure.
+    """
+    make_dirs(array_path.parent)
     tmp = array_path.with_suffix(".u8.tmp")
-    out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(index), crop, crop, 3))
+    nbytes = len(index) * crop * crop * 3
+    try:
+        _preallocate(tmp, nbytes)
+        out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(index), crop, crop, 3))
+        shapes = {}
 
-    def load(row: int) -> None:
-        out[row] = center_crop(read_image(index["path"].iat[row]), crop)
+        def load(row: int) -> None:
+            path = index["path"].iat[row]
+            img = read_image(path)
+            shapes[row] = img.shape[:2]
+            out[row] = center_crop(img, crop, path)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pool.map(load, range(len(index)))
-        for _ in tqdm(jobs, total=len(index), desc=f"decode -> cache (crop {crop})", disable=not progress):
-            pass
-    out.flush()
-    del out
-    tmp.replace(array_path)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            jobs = pool.map(load, range(len(index)))
+            for _ in tqdm(jobs, total=len(index), desc=f"decode -> cache (crop {crop})", disable=not progress):
+                pass
+        out.flush()
+        del out
+        _warn_odd_sizes(index, shapes)
+        tmp.replace(array_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{tmp}: cannot write the decoded-image cache ({os_problem(exc)})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     log.info("wrote decoded cache %s", array_path)
+
+
+def _preallocate(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` really allocated on disk (OSError, e.g. ENOSPC, if they are not there)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if nbytes:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:  # pragma: no cover - platforms without posix_fallocate
+                os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
+
+
+def _warn_odd_sizes(index: pd.DataFrame, shapes: dict[int, tuple[int, int]]) -> None:
+    """Warn (naming one) when images differ in size from the first: the cache centre-crops each of them."""
+    if not shapes:
+        return
+    first = shapes[min(shapes)]
+    odd = [row for row, shape in sorted(shapes.items()) if shape != first]
+    if odd:
+        h, w = shapes[odd[0]]
+        log.warning("%s: %dx%d differs from the first image's %dx%d (%d image(s) of another size, each "
+                    "centre-cropped)", index["path"].iat[odd[0]], h, w, first[0], first[1], len(odd))

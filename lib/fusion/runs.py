@@ -98,7 +98,10 @@ def _check_same(name: str, ref_name: str, oof: pd.DataFrame, ref: pd.DataFrame, 
             raise DataError(f"{name}: {what} differ from {ref_name} for {differ.sum()} patient(s), "
                             f"e.g. {differ[differ].index[0]}")
     if set(test.index) != set(ref_test.index):
-        raise DataError(f"{name}: test patient set differs from {ref_name}")
+        missing = sorted(ref_test.index.difference(test.index))
+        example = f"; missing e.g. {', '.join(missing[:3])}" if missing else ""
+        raise DataError(f"{Path(name) / 'test.csv'}: test patient set differs from {Path(ref_name) / 'test.csv'}"
+                        f"{example}")
 
 
 def load_runs(run_dirs: list[str | Path]) -> RunSet:

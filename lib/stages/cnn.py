@@ -43,7 +43,11 @@ REGIMES = ("embed", "finetune")
 # ----------------------------------------------------------------------------- options
 def _mapping(text: str) -> dict:
     """A YAML/JSON mapping given on the command line, e.g. '{hidden_dim: 64, dropout: 0.25}'."""
-    value = yaml.safe_load(text) if isinstance(text, str) else text
+    try:
+        value = yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise argparse.ArgumentTypeError(f"not valid YAML ({problem}): {text!r}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -151,7 +155,7 @@ def check_data(args: argparse.Namespace, dataset: Dataset) -> None:
     first = next(iter(dataset.images.values()))[0]
     height, width = read_image(first).shape[:2]
     if args.crop > min(height, width):
-        raise DataError(f"--crop {args.crop} is larger than the {height}x{width} images (e.g. {first})")
+        raise DataError(f"{first}: --crop {args.crop} is larger than the {height}x{width} images")
     sizes = dataset.train["n_images"]
     if args.bag_size > sizes.min():
         raise DataError(f"--bag-size {args.bag_size} is larger than the smallest training bag "

@@ -33,6 +33,17 @@ def _check_ids(ids: pd.Series, test_ids, where: str) -> None:
         raise DataError(f"{where}: {len(extra)} Id(s) not in the test set, e.g. {', '.join(extra[:5])}")
 
 
+def check_runs_cover_test(runs: RunSet, test_ids, data_dir) -> None:
+    """Every test patient of the data must have a prediction in every run: a gap names that run's test.csv."""
+    expected = [str(i) for i in test_ids]
+    for name, path in zip(runs.names, runs.paths):
+        have = runs.test[name].dropna().index.astype(str)
+        missing = sorted(set(expected) - set(have))
+        if missing:
+            raise DataError(f"{Path(path) / 'test.csv'}: {len(missing)} test patient(s) of {data_dir} missing, "
+                            f"e.g. {', '.join(missing[:5])}")
+
+
 def validate_submission(table: pd.DataFrame, test_ids, where: str = "submission") -> None:
     """Columns Id,Predicted; IDs exactly the test set; no NaN; labels in {0, 1}."""
     if list(table.columns) != SUBMISSION_COLUMNS:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from lib.data.dataset import Dataset
 from lib.core.io import atomic_write_csv
-from lib.data.images import read_image
+from lib.data.images import CELL_KEY, cell_keys, read_image, same_cells
 from lib.features.morphometry import segment
 from lib.features.morphometry.segment import DEFAULT_POOLED, measure_cells, pool_patient_features
 from lib.core.paths import CACHE_DIR
@@ -27,14 +27,40 @@ def _code_key() -> str:
 
 
 def cell_measurements(dataset: Dataset, cache_dir: Path = CACHE_DIR, progress: bool = True) -> pd.DataFrame:
-    """One row per cell (ID, path, measurements, ok), measured on first use and cached per dataset."""
+    """One row per cell (ID, path, file, size, mtime_ns, measurements, ok), measured on first use and cached.
+
+    The cached cell list (ID, file name, size, mtime_ns) is compared with the dataset's images on every
+    read: when a cell was added, removed, replaced or touched, a warning names the cache file and the
+    changed cells are measured again (the unchanged ones keep their cached rows).
+    """
     path = Path(cache_dir) / "morpho" / f"{dataset.name}_{_code_key()}.csv"
-    if path.exists():
-        return pd.read_csv(path, dtype={"ID": str})
     paths = [(pid, p) for pid in dataset.patients.index for p in dataset.images[pid]]
-    cells = measure_cells([p for _, p in paths], progress=progress, desc=f"morphometry {dataset.name}")
-    cells.insert(0, "path", [str(p) for _, p in paths])
-    cells.insert(0, "ID", [pid for pid, _ in paths])
+    now = cell_keys(pd.DataFrame({"ID": [pid for pid, _ in paths], "path": [str(p) for _, p in paths]}))
+    saved = pd.read_csv(path, dtype={"ID": str, "file": str}) if path.exists() else None
+    if saved is not None and same_cells(saved, now.assign(path=[str(p) for _, p in paths])):
+        return saved
+    reuse = pd.DataFrame()
+    if saved is not None:
+        log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or touched), "
+                    "measuring the changed cells again", path, dataset.root)
+        if set(CELL_KEY) <= set(saved.columns):
+            reuse = saved.drop(columns=["path"]).drop_duplicates(CELL_KEY)
+    if len(reuse):
+        keyed = now.merge(reuse, on=CELL_KEY, how="left", indicator=True)
+        todo = (keyed["_merge"] == "left_only").to_numpy()
+        keyed = keyed.drop(columns=["_merge"])
+    else:
+        keyed, todo = None, None
+    todo_paths = [p for i, (_, p) in enumerate(paths) if todo is None or todo[i]]
+    measured = measure_cells(todo_paths, progress=progress, desc=f"morphometry {dataset.name}")
+    if keyed is None:
+        cells = pd.concat([now, measured.reset_index(drop=True)], axis=1)
+    else:
+        cells = keyed.copy()
+        if todo.any():
+            cells.loc[todo, measured.columns] = measured.to_numpy()
+            cells = cells.astype({c: measured.dtypes[c] for c in measured.columns})
+    cells.insert(1, "path", [str(p) for _, p in paths])
     atomic_write_csv(cells, path)
     bad = int((cells["ok"] == 0).sum())
     log.info("morphometry: %d cells measured, %d without a nucleus (%.1f%%) -> %s", len(cells), bad,

@@ -1,0 +1,158 @@
+"""Every class of bad input or environment stops a real script with exit code 2 and one line naming the file
+or option, no traceback, and no run directory or *.tmp file left behind (README: Bad input)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, cohort_rows, frame, make_2024
+
+TRAIN, TEST = cohort_rows(n_train=12, n_test=3)
+TRAIN_CSV, TEST_CSV = Path("trainset") / "trainset_true.csv", Path("testset") / "testset_data.csv"
+
+
+def _row(rows, i, **changes):
+    """Rows with row ``i`` changed (columns ID, LABEL, GENDER, DOB, LYMPH_COUNT)."""
+    table = frame(rows)
+    for column, value in changes.items():
+        table.loc[i, column] = value
+    return table
+
+
+def _set_train(data: Path, table: pd.DataFrame) -> None:
+    table.to_csv(data / TRAIN_CSV, index=False)
+
+
+def _patch(csv: Path = TRAIN_CSV, rows=TRAIN, i: int = 0, **changes):
+    """A setup that rewrites one CSV with one row changed."""
+    def setup(data: Path, tmp: Path) -> list[str]:
+        _row(rows, i, **changes).to_csv(data / csv, index=False)
+        return []
+    return setup
+
+
+def _write(csv: Path, content: bytes):
+    def setup(data: Path, tmp: Path) -> list[str]:
+        (data / csv).write_bytes(content)
+        return []
+    return setup
+
+
+def _escaping_folder(data: Path, tmp: Path) -> list[str]:
+    """trainset/P0 is a link to a folder outside the data directory."""
+    outside = tmp / "outside" / "P0"
+    outside.parent.mkdir()
+    (data / "trainset" / "P0").rename(outside)
+    (data / "trainset" / "P0").symlink_to(outside, target_is_directory=True)
+    return []
+
+
+def _blocked(option: str, name: str = "blocked"):
+    """``option`` points below a plain file: the directory cannot be created (as for a read-only disk)."""
+    def setup(data: Path, tmp: Path) -> list[str]:
+        (tmp / "afile").write_text("a file in the way\n")
+        return [option, str(tmp / "afile" / name)]
+    return setup
+
+
+def _folds_ready(data: Path, tmp: Path) -> None:
+    """Write the fold file in-process, so the script itself logs nothing before failing."""
+    from lib.data.dataset import load_dataset
+    from lib.data.folds import load_folds
+    load_folds(load_dataset(data), 3, 42, tmp / "folds")
+
+
+def _yaml(text: str, *extra: str):
+    def setup(data: Path, tmp: Path) -> list[str]:
+        (tmp / "bad.yaml").write_text(text)
+        return ["-c", str(tmp / "bad.yaml"), *extra]
+    return setup
+
+
+def _args(*argv: str, folds: bool = False):
+    def setup(data: Path, tmp: Path) -> list[str]:
+        if folds:
+            _folds_ready(data, tmp)
+        return list(argv)
+    return setup
+
+
+def _runs_dir_blocked(data: Path, tmp: Path) -> list[str]:
+    _folds_ready(data, tmp)
+    return _blocked("--runs-dir", "runs")(data, tmp)
+
+
+def _cache_dir_blocked(data: Path, tmp: Path) -> list[str]:
+    _folds_ready(data, tmp)
+    return _blocked("--cache-dir", "cache")(data, tmp) + ["--cache", "24"]
+
+
+def _out_is_directory(data: Path, tmp: Path) -> list[str]:
+    (tmp / "outdir").mkdir()
+    return ["--runs", str(tmp / "no_run"), "--out", str(tmp / "outdir")]
+
+
+PREP, CLIN, CNN, SUB = "prepare_data.py", "train_clinical.py", "train_cnn.py", "make_submission.py"
+CNN_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--crop", "24"]
+CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error line must contain)
+    "train_header_only": (PREP, _write(TRAIN_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"),
+                          "trainset_true.csv: no patient rows"),
+    "test_header_only": (PREP, _write(TEST_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"),
+                         "testset_data.csv: no patient rows"),
+    "count_inf": (PREP, _patch(LYMPH_COUNT="inf"), "trainset_true.csv: patient P0: LYMPH_COUNT 'inf' is implausible"),
+    "count_huge": (PREP, _patch(LYMPH_COUNT="5000"), "trainset_true.csv: patient P0: LYMPH_COUNT '5000' is implausible"),
+    "count_nan": (PREP, _patch(LYMPH_COUNT="nan"), "trainset_true.csv: patient P0: LYMPH_COUNT 'nan'"),
+    "count_negative": (PREP, _patch(LYMPH_COUNT="-3.2"), "trainset_true.csv: patient P0: LYMPH_COUNT '-3.2'"),
+    "dob_future": (PREP, _patch(DOB="1/1/2030"), "trainset_true.csv: patient P0: DOB '1/1/2030' gives age -10"),
+    "dob_too_old": (PREP, _patch(DOB="1/1/1850"), "trainset_true.csv: patient P0: DOB '1/1/1850' gives age 170"),
+    "dob_unparseable": (PREP, _patch(DOB="yesterday"), "trainset_true.csv: patient P0: unparseable DOB"),
+    "id_dotdot_inside": (PREP, _patch(ID="P103/../P107"), "trainset_true.csv: patient P103/../P107: ID"),
+    "id_into_testset": (PREP, _patch(ID="../testset/P13"), "trainset_true.csv: patient ../testset/P13: ID"),
+    "id_etc": (PREP, _patch(csv=TEST_CSV, rows=TEST, ID="../../../etc"), "testset_data.csv: patient ../../../etc: ID"),
+    "id_empty": (PREP, _patch(ID=""), "trainset_true.csv: patient <empty ID>: empty ID"),
+    "id_duplicate": (PREP, _patch(ID="P1"), "trainset_true.csv: duplicate patient ID(s) P1"),
+    "folder_escapes": (PREP, _escaping_folder, "trainset/P0: image folder of train patient P0 resolves to"),
+    "label_2": (PREP, _patch(LABEL="2"), "trainset_true.csv: patient P0: LABEL '2' is not one of 0, 1, -1"),
+    "test_with_label": (PREP, _patch(csv=TEST_CSV, rows=TEST, LABEL="1"), "testset_data.csv: patient P12: test patient has a label"),
+    "duplicate_column": (PREP, _write(TRAIN_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT,LABEL\nP0,1,M,1/1/1950,5,0\n"),
+                         "trainset_true.csv: duplicate column(s) LABEL"),
+    "semicolons": (PREP, _write(TRAIN_CSV, b"ID;LABEL;GENDER;DOB;LYMPH_COUNT\nP0;1;M;1/1/1950;5\n"),
+                   "trainset_true.csv: missing column(s) ID, LABEL, GENDER, DOB, LYMPH_COUNT (use ',' as delimiter)"),
+    "not_utf8": (PREP, _write(TRAIN_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP0,1,M,1/1/1950,5\nP1,0,F,2/2/1960,4\xe9\n"),
+                 "trainset_true.csv: not UTF-8 text (byte 0xe9 at offset 67, line 3)"),
+    "folds_dir_blocked": (PREP, _blocked("--folds-dir"), "afile/blocked: cannot create directory"),
+    "cache_dir_blocked": (PREP, _cache_dir_blocked, "afile/cache: cannot create directory"),
+    "crop_too_large": (PREP, _args("--cache", "100", folds=True), "000000.jpg: crop 100 is larger than the 32x32 images"),
+    "runs_dir_blocked": (CLIN, _runs_dir_blocked, "afile/runs/bad: cannot create directory"),
+    "prefix_option": (CLIN, _args("--seed", "1", "--epoch", "3"), "unrecognized arguments: --epoch 3"),
+    "inner_folds_1": (CLIN, _args("--inner-folds", "1"), "--inner-folds 1 must be >= 2"),
+    "yaml_syntax": (CLIN, _yaml("seed: [1, 2\n"), "bad.yaml: not valid YAML"),
+    "yaml_unknown_key": (CLIN, _yaml("seeed: 1\n"), "bad.yaml: unknown option(s) seeed"),
+    "yaml_bad_choice": (CNN, _yaml("aug: medium\n", *CNN_ARGS), "bad.yaml: aug (option --aug): invalid choice 'medium'"),
+    "yaml_epochs_many": (CNN, _yaml("epochs: many\n", *CNN_ARGS), "bad.yaml: epochs (option --epochs): invalid value 'many'"),
+    "head_args_yaml": (CNN, _args(*CNN_ARGS, "--head-args", "{hidden_dim: [64"), "argument --head-args: not valid YAML"),
+    "out_is_directory": (SUB, _out_is_directory, "outdir: --out names a directory"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_exit_2(name, tmp_path):
+    script, setup, expected = CASES[name]
+    data = make_2024(tmp_path / "data", train=TRAIN, test=TEST, n_cells=2, size=32)
+    extra = setup(data, tmp_path)
+    argv = [] if script == SUB else ["--data-dir", str(data), "--folds-dir", str(tmp_path / "folds"),
+                                     "--cache-dir", str(tmp_path / "cache"), "--n-folds", "3"]
+    if script in (CLIN, CNN):
+        argv += ["--runs-dir", str(tmp_path / "runs"), "--experiment", "bad"]
+    argv += extra  # later options win (a blocked --folds-dir/--runs-dir/--cache-dir)
+    done = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert expected in lines[0], lines[0]
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), f"run directory left behind: {list(runs.iterdir())}"
+    assert not list(tmp_path.rglob("*.tmp")), list(tmp_path.rglob("*.tmp"))
