@@ -212,3 +212,11 @@ def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs,
 def optuna_states():
     from optuna.trial import TrialState
     return TrialState
+
+
+def test_a_run_that_records_no_dataset_is_refused(tmp_path):
+    """The dataset check is never skipped: a run without dataset_name in its config.yaml cannot be fused."""
+    a = write_run(tmp_path / "a", 0)
+    b = write_run(tmp_path / "b", 1, config={"stage": "cnn"})
+    with pytest.raises(DataError, match="records no dataset_name"):
+        load_runs([a, b])

@@ -185,3 +185,17 @@ def test_clinical_morpho_run_writes_segmentation_and_class_plots(tmp_path):
     pngs = sorted(p.name for p in run.glob("*.png"))
     assert "morphometry_by_class.png" in pngs and sum(n.startswith("segmentation_") for n in pngs) == 2
     assert all((run / n).stat().st_size > 1000 for n in pngs)
+
+
+def test_cache_key_follows_the_code_that_measures(tmp_path, monkeypatch):
+    """The morphometry cache key hashes the segmentation module and the image decoder, not one fixed file."""
+    import lib.features.morphometry.cache as cache
+    from lib.features.morphometry import segment
+    before = cache._code_key()
+    edited = tmp_path / "segment.py"
+    edited.write_text(open(segment.__file__).read() + "\n# a changed measuring rule\n")
+    monkeypatch.setattr(segment, "__file__", str(edited))
+    assert cache._code_key() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(cache.inspect, "getsource", lambda fn: "def read_image(path): ...  # another decoder")
+    assert cache._code_key() != before
