@@ -69,6 +69,25 @@ def create_transform(train: bool, crop: int, strength: str = "light", data_confi
     return A.Compose([*steps, *normalise], seed=seed)
 
 
+def create_contrastive_transform(crop: int, data_config: dict, seed: int | None = None) -> A.Compose:
+    """SimCLR view pipeline uint8 crop -> normalised tensor at the data config's input size.
+
+    Two independent draws of this pipeline make a positive pair: a random resized crop (the same cell
+    at another scale and position), any dihedral symmetry, colour/stain jitter, occasional grey and blur.
+    The strength follows SimCLR's recipe, with a milder hue shift (stain colour carries information).
+    """
+    side = input_side(data_config)
+    return A.Compose([
+        A.RandomResizedCrop(size=(side, side), scale=(0.35, 1.0), ratio=(0.8, 1.25), p=1.0),
+        A.SquareSymmetry(p=1.0),
+        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8),
+        A.ToGray(p=0.1),
+        A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.5), p=0.3),
+        A.Normalize(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), max_pixel_value=255.0),
+        ToTensorV2(),
+    ], seed=seed)
+
+
 def apply_batch(transform: A.Compose, images: np.ndarray) -> torch.Tensor:
     """Apply a per-image pipeline to a batch (n, H, W, 3) -> (n, 3, h, w) float tensor."""
     return torch.stack([transform(image=np.ascontiguousarray(img))["image"] for img in images])

@@ -1,4 +1,5 @@
-"""Pieces shared by both regimes: seeding, class-balanced loss, bag sampling and padding, LR schedule."""
+"""Pieces shared by the CNN trainers: seeding and RNG checkpoints, class-balanced loss, bag sampling and padding,
+LR schedule, clinical standardisation and patient scoring."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """Global RNG states (python, numpy, torch, CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what ``rng_states`` saved."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def fold_seed(seed: int, fold: int, *more: int) -> int:

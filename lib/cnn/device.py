@@ -34,3 +34,14 @@ def autocast_dtype(amp: str, device: torch.device, training: bool) -> torch.dtyp
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if (not training and cpu_has_bf16()) else None
+
+
+def training_autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of training under ``--amp`` where CPU bf16 training is wanted (the pretraining stage).
+
+    auto: bf16 on CUDA (fp16 if unsupported); on CPU bf16 when it is native (AMX/AVX512-BF16: dense
+    convolutions train 2-3x faster), fp32 otherwise. The dtype used is recorded with the results.
+    """
+    if amp == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else None
+    return autocast_dtype(amp, device, training=True)

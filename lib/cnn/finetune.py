@@ -32,7 +32,7 @@ from lib.cnn.device import autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings
 from lib.models import create_head
-from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_stats,
+from lib.cnn.common import (FoldResult, batches, rng_states, set_rng_states, cell_table, class_weights, clinical_stats,
                                  cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
                                  score_bag, seed_everything, standardise_clinical, weighted_bce)
 
@@ -177,23 +177,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def rng_states() -> dict:
-    """Global RNG states (python, numpy, torch, CUDA)."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    """Restore what ``rng_states`` saved."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def save_checkpoint(trainer: Trainer, epoch: int, history: list[dict], path: Path) -> None:
     """Atomically write the state needed to resume after ``epoch``."""
     state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),

@@ -24,22 +24,28 @@ class ArgParser(argparse.ArgumentParser):
         raise DataError(f"{message} (see {self.prog} --help)")
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments every stage script shares."""
+def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of every script that makes a run directory from a data directory."""
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="competition directory (default: the embedded demo data, generated on first use)")
     parser.add_argument("--experiment", help="run name: results go to runs/<experiment>/")
     parser.add_argument("--runs-dir", type=Path, default=None, help="parent of run directories (default runs/)")
-    parser.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS)
-    parser.add_argument("--fold-seed", type=int, default=DEFAULT_FOLD_SEED, help="seed of the fold file to use")
-    parser.add_argument("--folds-dir", type=Path, default=None,
-                        help="where fold files are read (and written once) (default folds/)")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                         help="decoded-image, weights, embedding and morphometry caches (default cache/ or $LYMPH_CACHE_DIR)")
     parser.add_argument("--seed", type=int, default=0, help="model seed")
     parser.add_argument("--resume", action="store_true", help="continue an existing run directory")
     parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments every cross-validated stage script shares: the run arguments plus the committed folds."""
+    add_run_args(parser)
+    parser.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS)
+    parser.add_argument("--fold-seed", type=int, default=DEFAULT_FOLD_SEED, help="seed of the fold file to use")
+    parser.add_argument("--folds-dir", type=Path, default=None,
+                        help="where fold files are read (and written once) (default folds/)")
     return parser
 
 

@@ -24,6 +24,7 @@ from lib.cnn import embed_mil, finetune
 from lib.cnn.augment import MAX_TTA, STRENGTHS
 from lib.cnn.common import FoldResult
 from lib.cnn.device import autocast_dtype, resolve_device
+from lib.cnn.pretrain import encoder_record, encoder_record_path
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.settings import finetune_settings, head_settings
 from lib.core.errors import DataError
@@ -32,7 +33,7 @@ from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache, read_image
 from lib.models import HEAD_NAMES, create_head
-from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
+from lib.models.backbones import build_backbone, embed_data_config, input_side, resolve_weights, weights_tag
 from lib.stages.context import Stage
 from lib.stages.cv import cross_validate
 
@@ -55,7 +56,7 @@ def _mapping(text: str) -> dict:
     return value
 
 
-def _input_size(text: str) -> str | int:
+def input_size_arg(text: str) -> str | int:
     """'crop' (native pixels), 'model' (the backbone's data config) or a side in pixels."""
     if text in ("crop", "model"):
         return text
@@ -73,7 +74,7 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     a("--weights", default="lite0", help="backbone weights: a local file, 'lite0' (offline ImageNet Lite0) or 'none'")
     a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
-    a("--input-size", type=_input_size, default="crop",
+    a("--input-size", type=input_size_arg, default="crop",
       help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
     a("--aug", choices=STRENGTHS, default="light", help="train augmentation preset")
     a("--views", type=int, default=2, help="embed: augmented views per training cell (besides v0 and TTA views)")
@@ -129,7 +130,21 @@ def check_options(args: argparse.Namespace) -> Setup:
     weights = resolve_weights(args.weights, args.cache_dir)
     backbone = build_backbone(args.backbone, weights, args.seed)
     config = embed_data_config(backbone, args.crop, args.input_size)
+    check_encoder_record(weights, args.backbone, args.crop, input_side(config))
     return Setup(weights, device, config, backbone)
+
+
+def check_encoder_record(weights: Path | None, backbone: str, crop: int, side: int) -> None:
+    """Weights made by pretrain_cnn.py carry a JSON record: the encoder must be used as it was trained."""
+    record = encoder_record(weights)
+    if record is None:
+        return
+    expected = {"backbone": backbone, "crop": crop, "input_size": side}
+    differ = {k: record.get(k) for k, v in expected.items() if record.get(k) != v}
+    if differ:
+        hint = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ.items())
+        raise DataError(f"{encoder_record_path(weights)}: the encoder was trained with {differ}, not "
+                        f"{ {k: expected[k] for k in differ} }; pass {hint}")
 
 
 def _check_ranges(args: argparse.Namespace) -> None:
@@ -150,12 +165,17 @@ def _check_ranges(args: argparse.Namespace) -> None:
             raise DataError(message)
 
 
-def check_data(args: argparse.Namespace, dataset: Dataset) -> None:
-    """Data-dependent checks: crop within the images, bag size within the smallest training bag."""
+def check_crop(crop: int, dataset: Dataset) -> None:
+    """The centre crop must fit in the images (the first image is read; the cache warns about odd sizes)."""
     first = next(iter(dataset.images.values()))[0]
     height, width = read_image(first).shape[:2]
-    if args.crop > min(height, width):
-        raise DataError(f"{first}: --crop {args.crop} is larger than the {height}x{width} images")
+    if crop > min(height, width):
+        raise DataError(f"{first}: --crop {crop} is larger than the {height}x{width} images")
+
+
+def check_data(args: argparse.Namespace, dataset: Dataset) -> None:
+    """Data-dependent checks: crop within the images, bag size within the smallest training bag."""
+    check_crop(args.crop, dataset)
     sizes = dataset.train["n_images"]
     if args.bag_size > sizes.min():
         raise DataError(f"--bag-size {args.bag_size} is larger than the smallest training bag "

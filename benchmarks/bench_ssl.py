@@ -1,0 +1,152 @@
+"""Benchmark: the self-supervised cell encoder (pretrain_cnn.py) against frozen ImageNet Lite0, repeated CV.
+
+Usage: python benchmarks/bench_ssl.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+       [--encoder runs/ssl] [--runs-dir DIR] [--heads mean instance_bn attention] [--trials 100] [--no-append]
+Without --encoder it first pretrains with configs/pretrain_cpu.yaml (timed). Then, on every fold seed (not
+42, the seed the CNN preset was chosen on): the clinical model; train_cnn.py's embed regime on frozen
+ImageNet Lite0 (configs/cnn_cpu.yaml) and on the frozen SSL encoder (configs/cnn_cpu_ssl.yaml) for each
+head, image-only and with clinical fusion; and three blends scored honestly by ensemble.py's nested
+estimate (fusion tuned on k-1 folds, scored on the k-th): today's pipeline set (clinical, morphometry,
+ImageNet mean + attention), the same with the SSL encoder, and clinical + the image-only SSL mean head.
+Quality: CV BA at 0.5 and AUC, mean±std over the seeds of the per-seed fold mean.
+Speed: pretraining wall time and training img/s, with the FLOP rate against the machine's matmul figures.
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import ensemble  # noqa: E402
+import pretrain_cnn  # noqa: E402
+import train_clinical  # noqa: E402
+import train_cnn  # noqa: E402
+from lib.core.bench import publish  # noqa: E402
+from lib.core.metrics import mean_std  # noqa: E402
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+from lib.models.backbones import create_backbone  # noqa: E402
+
+MATMUL_GFLOPS = {"fp32": 190, "bf16": 1150}  # torch matmul on this machine's 2 cores (DEVELOPERS.md)
+ENCODERS = {"imagenet": CONFIGS_DIR / "cnn_cpu.yaml", "ssl": CONFIGS_DIR / "cnn_cpu_ssl.yaml"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds")
+    parser.add_argument("--encoder", type=Path, default=None, help="a finished pretrain_cnn.py run directory")
+    parser.add_argument("--heads", nargs="+", default=["mean", "instance_bn", "attention"])
+    parser.add_argument("--trials", type=int, default=100, help="ensemble study trials (nested: the same)")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--no-append", action="store_true")
+    return parser.parse_args(argv)
+
+
+def encoder_run(args, runs_dir: Path) -> Path:
+    """The pretrained encoder's run directory (pretrained here with the CPU preset unless given)."""
+    if args.encoder:
+        return args.encoder
+    pretrain_cnn.main(["-c", str(CONFIGS_DIR / "pretrain_cpu.yaml"), "--data-dir", str(args.data_dir),
+                       "--runs-dir", str(runs_dir), "--experiment", "ssl", "--no-progress"])
+    return runs_dir / "ssl"
+
+
+def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, seed: int) -> dict:
+    """One 5-fold CV of a frozen encoder + head; its metrics."""
+    name = f"ssl_bench_{encoder}_{head}_{'fusion' if fusion else 'image'}_s{seed}"
+    extra = ["--weights", str(weights)] if encoder == "ssl" else []
+    metrics = train_cnn.main(["-c", str(ENCODERS[encoder]), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
+                              "--fold-seed", str(seed), "--experiment", name, "--head", head, "--no-progress",
+                              "--clinical-fusion" if fusion else "--no-clinical-fusion", *extra])
+    return {**metrics, "run": runs_dir / name}
+
+
+def clinical_run(args, runs_dir: Path, seed: int, feature_set: str) -> dict:
+    name = f"ssl_bench_{feature_set.replace('+', '_')}_s{seed}"
+    metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
+                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set])
+    return {**metrics, "run": runs_dir / name}
+
+
+def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> dict:
+    """Honest (nested) BA of the tuned blend of some runs."""
+    result = ensemble.main(["--runs", *map(str, runs), "--runs-dir", str(runs_dir), "--experiment", name,
+                            "--trials", str(args.trials), "--nested-trials", str(args.trials)])
+    return result["metrics"]["nested"]
+
+
+def quality(name: str, runs: list[dict]) -> str:
+    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
+    return f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
+
+
+def train_gflop_per_image(record: dict) -> float:
+    """Forward FLOPs of the encoder at its input size x 3 (forward + backward), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = create_backbone(record["backbone"]).eval()
+    side = record["input_size"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, side, side))
+    return 3 * counter.get_total_flops() / 1e9
+
+
+def speed_lines(record: dict, ssl_dir: Path) -> list[str]:
+    gflop = train_gflop_per_image(record)
+    rate = float(pd.read_csv(ssl_dir / "log.csv")["img_per_s"].median())  # robust to an epoch slowed by other load
+    peak = MATMUL_GFLOPS.get(record["precision"], MATMUL_GFLOPS["fp32"])
+    return [f"- pretraining: {record['backbone']} from {record['init_weights']}, {record['crop']}->{record['input_size']} px, "
+            f"{record['epochs']} epochs x {record['n_cells']} cells (scope {record['scope']}), batch {record['batch_size']}, "
+            f"tau {record['temperature']}, {record['precision']} autocast: {record['seconds'] / 60:.1f} min of epochs, "
+            f"{rate:.0f} training img/s = ~{rate * gflop:.0f} GFLOP/s ({gflop:.2f} GFLOP per image, forward+backward) "
+            f"against ~{MATMUL_GFLOPS['bf16']} (bf16) / ~{MATMUL_GFLOPS['fp32']} (fp32) GFLOP/s matmul; "
+            f"final NT-Xent {record['loss_per_epoch'][-1]:.3f} (first epoch {record['loss_per_epoch'][0]:.3f}); "
+            f"{peak} GFLOP/s is the peak of the precision used"]
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_ssl_") as tmp:
+        runs_dir = args.runs_dir or Path(tmp)
+        ssl_dir = encoder_run(args, runs_dir)
+        record = json.loads((ssl_dir / "encoder.json").read_text())
+        weights = ssl_dir / "encoder.pth"
+        clinical, cnn, blends = [], {}, {"pipeline, ImageNet": [], "pipeline, SSL": [], "clinical + SSL image-only": []}
+        for seed in args.seeds:
+            clin, morpho = clinical_run(args, runs_dir, seed, "clinical"), clinical_run(args, runs_dir, seed, "clinical+morpho")
+            clinical.append(clin)
+            for encoder in ENCODERS:
+                for head in args.heads:
+                    for fusion in (False, True):
+                        key = (encoder, head, fusion)
+                        cnn.setdefault(key, []).append(cnn_run(args, runs_dir, encoder, weights, head, fusion, seed))
+                        print(quality(f"{key} so far", cnn[key]), flush=True)
+            pick = {e: [cnn[(e, h, True)][-1]["run"] for h in ("mean", "attention") if (e, h, True) in cnn] for e in ENCODERS}
+            blends["pipeline, ImageNet"].append(blend(args, runs_dir, f"ssl_bench_blend_imagenet_s{seed}",
+                                                      [clin["run"], morpho["run"], *pick["imagenet"]]))
+            blends["pipeline, SSL"].append(blend(args, runs_dir, f"ssl_bench_blend_ssl_s{seed}",
+                                                 [clin["run"], morpho["run"], *pick["ssl"]]))
+            if ("ssl", "mean", False) in cnn:
+                blends["clinical + SSL image-only"].append(blend(args, runs_dir, f"ssl_bench_blend_clin_ssl_s{seed}",
+                                                                 [clin["run"], cnn[("ssl", "mean", False)][-1]["run"]]))
+    lines = [f"- data: {args.data_dir}; fold seeds {', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds "
+             f"of the fold mean; embed regime, heavy views, 40 epochs (configs/cnn_cpu.yaml vs configs/cnn_cpu_ssl.yaml)",
+             *speed_lines(record, ssl_dir),
+             quality("clinical (baseline, same folds)", clinical)]
+    for (encoder, head, fusion), runs in cnn.items():
+        lines.append(quality(f"{encoder} frozen, {head} head, {'with clinical fusion' if fusion else 'image-only'}", runs))
+    for name, nested in blends.items():
+        if nested:
+            values = [n["ba_mean"] for n in nested]
+            lines.append(f"- blend {name} (honest nested BA): {mean_std(values)} (per seed {', '.join(f'{v:.3f}' for v in values)})")
+    lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
+    publish("Self-supervised cell encoder vs frozen ImageNet, repeated CV", lines, __file__, argv,
+            append=not args.no_append)
+    return lines
+
+
+if __name__ == "__main__":
+    main()

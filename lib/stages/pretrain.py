@@ -1,0 +1,141 @@
+"""The pretraining stage: a self-supervised cell encoder (lib.cnn.pretrain) learnt from a data directory's cells.
+
+Run directory ``runs/<experiment>/``: config.yaml, code version and log.txt (lib.core.runs), ``last.pt``
+(the resume checkpoint, rewritten after every epoch), ``log.csv`` (epoch, loss, lr, seconds, img_per_s),
+``loss.png``, and when done ``encoder.pth`` (the backbone's state dict, timm keys: ``train_cnn.py
+--weights runs/<experiment>/encoder.pth`` loads it in both regimes) with ``encoder.json`` beside it:
+what produced it (cells fingerprint, backbone, crop, input size, epochs, objective, loss per epoch,
+time, precision). Labels are never read: only the image cache's cells (ID, split, path, pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lib.cnn.device import resolve_device, training_autocast_dtype
+from lib.cnn.embedding import precision_name
+from lib.cnn.pretrain import SCOPES, PretrainSettings, build_pretrainer, encoder_record_path, pretrain, scope_rows
+from lib.core.errors import DataError
+from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+from lib.core.plots import pyplot, save_figure
+from lib.core.runs import code_version
+from lib.data.dataset import Dataset
+from lib.data.images import ImageCache, load_image_cache
+from lib.models.backbones import build_backbone, embed_data_config, input_side, resolve_weights, weights_tag
+from lib.stages.cnn import check_crop, input_size_arg
+
+log = logging.getLogger(__name__)
+ENCODER = "encoder.pth"
+
+
+def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of pretrain_cnn.py (YAML keys are the option names with '_' for '-')."""
+    a = parser.add_argument
+    a("--backbone", default="resnet10t", help="timm model name (dense convolutions train fastest under bf16)")
+    a("--weights", default="none", help="initial weights: 'none' (from scratch), 'lite0' or a local file")
+    a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
+    a("--input-size", type=input_size_arg, default=64,
+      help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
+    a("--scope", choices=SCOPES, default="all",
+      help="all: every cell of train and test patients (transductive, no labels); train: training patients only")
+    a("--epochs", type=int, default=30)
+    a("--batch-size", type=int, default=256, help="cells per step (2 views each)")
+    a("--lr", type=float, default=2e-3)
+    a("--weight-decay", type=float, default=1e-4)
+    a("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    a("--proj-dim", type=int, default=128, help="projection output size")
+    a("--hidden-dim", type=int, default=512, help="projection hidden size")
+    a("--device", default="auto", help="auto, cpu or cuda[:N]")
+    a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+      help="autocast: auto = bf16 on CUDA (fp16 if unsupported) and on CPUs with native bf16, else fp32")
+    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    parser.set_defaults(stage="pretrain")
+    return parser
+
+
+def pretrain_settings(args: argparse.Namespace) -> PretrainSettings:
+    """The pretraining settings from the options (the one place they are built)."""
+    return PretrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                            temperature=args.temperature, proj_dim=args.proj_dim, hidden_dim=args.hidden_dim,
+                            scope=args.scope, seed=args.seed, progress=args.progress)
+
+
+def check_options(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, torch.device]:
+    """Validate everything that needs no data; return the initial backbone, its data config and the device."""
+    problems = [(args.crop < 8, f"--crop {args.crop} must be >= 8"), (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
+                (args.batch_size < 2, f"--batch-size {args.batch_size} must be >= 2"),
+                (not args.temperature > 0, f"--temperature {args.temperature} must be > 0"),
+                (not args.lr > 0, f"--lr {args.lr} must be > 0"),
+                (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1")]
+    for bad, message in problems:
+        if bad:
+            raise DataError(message)
+    device = resolve_device(args.device)
+    backbone = build_backbone(args.backbone, resolve_weights(args.weights, args.cache_dir), args.seed)
+    return backbone, embed_data_config(backbone, args.crop, args.input_size), device
+
+
+def check_data(args: argparse.Namespace, dataset: Dataset) -> None:
+    """Crop within the images; enough cells in the scope for one batch."""
+    check_crop(args.crop, dataset)
+    n_cells = int(dataset.patients["n_images"].sum() if args.scope == "all" else dataset.train["n_images"].sum())
+    if n_cells < args.batch_size:
+        raise DataError(f"--batch-size {args.batch_size} is larger than the {n_cells} cells of scope '{args.scope}'")
+
+
+def cells_fingerprint(cache: ImageCache, rows) -> str:
+    """Label-free identity of the cells learnt from: patient ID, split and file name of each."""
+    index = cache.index.set_index("row").loc[rows]
+    lines = sorted(f"{r.ID}:{r.split}:{Path(r.path).name}" for r in index.itertuples())
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:12]
+
+
+def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, backbone: torch.nn.Module,
+                 data_config: dict, device: torch.device) -> dict:
+    """Pretrain (resuming after a kill), then write encoder.pth, encoder.json, log.csv and loss.png."""
+    record_path = encoder_record_path(run_dir / ENCODER)
+    if record_path.exists():
+        log.info("%s: already done, nothing to train", record_path)
+        return pd.read_json(record_path, typ="series").to_dict()
+    cache = load_image_cache(dataset, args.crop, args.cache_dir, progress=args.progress)
+    dtype = training_autocast_dtype(args.amp, device)
+    trainer = build_pretrainer(backbone, cache, data_config, pretrain_settings(args), device, dtype)
+    log.info("pretraining %s on %d cells (scope %s), %d steps per epoch, precision %s", args.backbone,
+             len(trainer.rows), args.scope, trainer.steps_per_epoch, precision_name(dtype))
+    start = time.perf_counter()
+    history = pretrain(trainer, run_dir / "last.pt")
+    encoder = trainer.model.backbone.float().cpu()
+    atomic_torch_save(encoder.state_dict(), run_dir / ENCODER)
+    atomic_write_csv(history, run_dir / "log.csv")
+    plot_loss(history, run_dir / "loss.png", f"SimCLR {args.backbone}, {args.crop}->{input_side(data_config)} px")
+    record = {"objective": "simclr", "backbone": args.backbone, "init_weights": args.weights, "crop": args.crop,
+              "input_size": input_side(data_config), "mean": list(data_config["mean"]), "std": list(data_config["std"]),
+              "scope": args.scope, "n_cells": int(len(trainer.rows)),
+              "cells_fingerprint": cells_fingerprint(cache, trainer.rows), "epochs": args.epochs,
+              "batch_size": args.batch_size, "temperature": args.temperature, "lr": args.lr,
+              "precision": precision_name(dtype), "device": str(device), "torch_threads": torch.get_num_threads(),
+              "loss_per_epoch": history["loss"].round(5).tolist(), "seconds": float(history["seconds"].sum()),
+              "wall_seconds_this_process": time.perf_counter() - start,
+              "img_per_s": float(history["img_per_s"].mean()), "weights_tag": weights_tag(encoder),
+              "commit": code_version()["commit"]}
+    atomic_write_json(record, record_path)
+    (run_dir / "last.pt").unlink(missing_ok=True)
+    return record
+
+
+def plot_loss(history: pd.DataFrame, path: Path, title: str) -> Path:
+    """NT-Xent loss per epoch, with training img/s on a second axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(history["epoch"] + 1, history["loss"], "o-", color="tab:blue", ms=3)
+    ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
+    speed = ax.twinx()
+    speed.plot(history["epoch"] + 1, history["img_per_s"], color="tab:grey", lw=0.8, ls="--")
+    speed.set_ylabel("training img/s (dashed)", color="tab:grey")
+    return save_figure(fig, path)

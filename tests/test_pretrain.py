@@ -1,0 +1,138 @@
+"""pretrain_cnn.py: SimCLR on a tiny cohort in seconds, label-free, resumable after a kill, loadable by train_cnn.py."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import pretrain_cnn
+import train_cnn
+from conftest import REPO, cohort_rows, make_2024, write_jpg
+from lib.cnn.pretrain import nt_xent
+from lib.core.errors import DataError
+
+TINY = ["--backbone", "test_efficientnet", "--crop", "24", "--input-size", "24", "--epochs", "3", "--batch-size", "16",
+        "--hidden-dim", "16", "--proj-dim", "8", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """30 train and 6 test patients, 3 distinct 32x32 cells each."""
+    root = tmp_path_factory.mktemp("pretrain") / "comp"
+    train, test = cohort_rows()
+    make_2024(root, train=train, test=test, n_cells=3, size=32)
+    for i, row in enumerate(test):  # make_2024 seeds images by row position: give test patients their own cells
+        for k in range(3):
+            write_jpg(root / "testset" / row[0] / f"{k:06d}.jpg", seed=10_000 + 100 * i + k, size=32)
+    return root
+
+
+def pretrain(data: Path, tmp_path: Path, name: str, *extra: str) -> dict:
+    return pretrain_cnn.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
+                              str(tmp_path / "cache"), "--experiment", name, *TINY, *extra])
+
+
+def encoder(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
+    return torch.load(tmp_path / "runs" / name / "encoder.pth", weights_only=True)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nt_xent_is_low_when_the_views_agree_and_high_when_they_do_not():
+    z = torch.randn(16, 8)
+    assert nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.2) < 0.5 < nt_xent(z, torch.randn(16, 8), 0.2)
+
+
+def test_pretraining_writes_the_encoder_and_its_record(cohort, tmp_path):
+    record = pretrain(cohort, tmp_path, "ssl")
+    out = tmp_path / "runs" / "ssl"
+    saved = json.loads((out / "encoder.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert saved["objective"] == "simclr" and saved["backbone"] == "test_efficientnet" and saved["epochs"] == 3
+    assert saved["crop"] == 24 and saved["input_size"] == 24 and saved["n_cells"] == 36 * 3 and saved["scope"] == "all"
+    assert len(saved["loss_per_epoch"]) == 3 and saved["img_per_s"] > 0 and saved["precision"] in ("fp32", "bf16")
+    log = pd.read_csv(out / "log.csv")
+    assert list(log["epoch"]) == [0, 1, 2] and log["loss"].notna().all()
+    assert (out / "loss.png").stat().st_size > 1000 and not (out / "last.pt").exists()
+    assert pretrain(cohort, tmp_path, "train_only", "--scope", "train")["n_cells"] == 30 * 3
+
+
+def test_labels_are_never_read(cohort, tmp_path):
+    """The same cells with every label flipped give bit-identical weights."""
+    flipped = tmp_path / "flipped"
+    shutil.copytree(cohort, flipped)
+    table = pd.read_csv(flipped / "trainset" / "trainset_true.csv", dtype=str)
+    table["LABEL"] = (1 - table["LABEL"].astype(int)).astype(str)
+    table.to_csv(flipped / "trainset" / "trainset_true.csv", index=False)
+    a, b = pretrain(cohort, tmp_path, "a"), pretrain(flipped, tmp_path, "b")
+    assert same_weights(encoder(tmp_path, "a"), encoder(tmp_path, "b"))
+    assert a["cells_fingerprint"] == b["cells_fingerprint"]
+
+
+KILLED = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import lib.cnn.pretrain, pretrain_cnn
+lib.cnn.pretrain.after_epoch = lambda epoch: os._exit(9) if epoch == 1 else None
+pretrain_cnn.main({argv!r})
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(cohort, tmp_path):
+    pretrain(cohort, tmp_path, "whole")
+    argv = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--experiment", "killed", *TINY]
+    script = textwrap.dedent(KILLED.format(repo=str(REPO), argv=argv))
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    assert done.returncode == 9, done.stderr[-2000:]  # SIGKILL-like death after epoch 1's checkpoint
+    assert torch.load(tmp_path / "runs" / "killed" / "last.pt", weights_only=False)["epoch"] == 1
+    record = pretrain(cohort, tmp_path, "killed", "--resume")
+    assert len(record["loss_per_epoch"]) == 3
+    assert same_weights(encoder(tmp_path, "whole"), encoder(tmp_path, "killed"))
+
+
+def cnn(cohort: Path, tmp_path: Path, name: str, weights: Path, *extra: str) -> dict:
+    argv = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--folds-dir", str(tmp_path / "folds"), "--experiment", name, "--backbone", "test_efficientnet",
+            "--weights", str(weights), "--crop", "24", "--input-size", "24", "--epochs", "2", "--bag-size", "3",
+            "--views", "1", "--tta", "1", "--n-folds", "3", "--head", "mean", "--batch-patients", "4",
+            "--no-progress", *extra]
+    train_cnn.main(argv)
+    return json.loads((tmp_path / "runs" / name / "timings.json").read_text())
+
+
+def test_the_encoder_loads_in_both_regimes_and_new_weights_are_re_embedded(cohort, tmp_path):
+    pretrain(cohort, tmp_path, "ssl")
+    weights = tmp_path / "runs" / "ssl" / "encoder.pth"
+    assert cnn(cohort, tmp_path, "embed", weights)["embedded_images"] > 0
+    assert cnn(cohort, tmp_path, "embed_again", weights)["embedded_images"] == 0  # same weights: cache reused
+    cnn(cohort, tmp_path, "finetune", weights, "--regime", "finetune", "--folds", "0", "--epochs", "1")
+    pretrain(cohort, tmp_path, "ssl2", "--seed", "1")
+    shutil.copy(tmp_path / "runs" / "ssl2" / "encoder.pth", weights)  # same path, other weights
+    assert cnn(cohort, tmp_path, "embed_new", weights)["embedded_images"] > 0
+
+
+def test_the_encoder_must_be_used_as_it_was_trained(cohort, tmp_path):
+    pretrain(cohort, tmp_path, "ssl")
+    weights = tmp_path / "runs" / "ssl" / "encoder.pth"
+    with pytest.raises(DataError, match="encoder.json: the encoder was trained with .*pass --crop 24"):
+        cnn(cohort, tmp_path, "wrong_crop", weights, "--crop", "20", "--input-size", "24")
+    assert not (tmp_path / "runs" / "wrong_crop").exists()
+
+
+@pytest.mark.parametrize("extra, message", [(("--batch-size", "1000"), "larger than the 108 cells"),
+                                            (("--temperature", "0"), "--temperature 0"),
+                                            (("--crop", "40"), "larger than the 32x32 images")])
+def test_bad_settings_fail_before_any_work(cohort, tmp_path, extra, message):
+    with pytest.raises(DataError, match=message):
+        pretrain(cohort, tmp_path, "bad", *extra)
+    assert not (tmp_path / "runs" / "bad").exists()
