@@ -103,3 +103,27 @@ def data_2024(tmp_path: Path) -> Path:
 @pytest.fixture
 def data_2021(tmp_path: Path) -> Path:
     return make_2021(tmp_path / "comp2021")
+
+
+TINY_CNN = {"regime": "embed", "backbone": "test_efficientnet", "weights": "none", "crop": 32,
+            "input_size": "crop", "aug": "light", "views": 1, "tta": 1, "head": "mean", "bag_size": 4,
+            "epochs": 2, "lr": 0.001, "weight_decay": 0.01, "batch_patients": 8, "pca": 0,
+            "clinical_fusion": True, "device": "cpu", "amp": "off", "embed_batch": 64}
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory):
+    """The main job once on a small demo directory (tiny CNN): (data dir, runs dir, submission, stage seconds)."""
+    import yaml
+
+    import pipeline
+    from lib.data.demo import generate_demo
+    root = tmp_path_factory.mktemp("pipeline")
+    data = generate_demo(root / "demo", n_train=18, n_test=4, cells=(16, 18), seed=3, progress=False)
+    config = root / "cnn_tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CNN))
+    out = root / "submission.csv"
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(root / "runs"), "--out", str(out),
+                             "--cnn-config", str(config), "--trials", "8", "--folds-dir", str(root / "folds"),
+                             "--cache-dir", str(root / "cache")])
+    return data, root / "runs", out, seconds

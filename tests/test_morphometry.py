@@ -199,3 +199,9 @@ def test_cache_key_follows_the_code_that_measures(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(cache.inspect, "getsource", lambda fn: "def read_image(path): ...  # another decoder")
     assert cache._code_key() != before
+
+
+def test_pooling_when_no_cell_is_measurable_gives_nan_not_a_crash():
+    cells = pd.DataFrame({"ID": ["a", "a", "b"], "ok": [0, 0, 0], **{m: [np.nan] * 3 for m in MEASUREMENTS}})
+    pooled = pool_patient_features(cells)
+    assert list(pooled.index) == ["a", "b"] and pooled.isna().all().all()

@@ -182,3 +182,35 @@ def train_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, va
     state = {"head": head.state_dict(), "head_name": s.head, "head_args": s.head_args, "in_dim": in_dim,
              "embedding": emb.spec.__dict__, **data.fitted}
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
+
+
+def head_from_state(state: dict) -> torch.nn.Module:
+    """The trained head of a fold's head.pt, in eval mode."""
+    clinical_dim = len(CLINICAL_FEATURES) if "clinical_stats" in state else 0
+    head = create_head(state["head_name"], state["in_dim"], clinical_dim=clinical_dim, **state["head_args"])
+    head.load_state_dict(state["head"])
+    return head.eval()
+
+
+def fold_data_from_state(state: dict, emb: Embeddings, dataset: Dataset, pids) -> FoldData:
+    """Scoring tensors of some patients with a trained fold's fitted preprocessing (no refitting)."""
+    raw = {pid: emb.stack(pid, emb.spec.eval_views) for pid in pids}
+    x = {pid: torch.from_numpy(state["prep"](a)) for pid, a in raw.items()}
+    anomaly = None
+    if "anomaly_model" in state:
+        anomaly = {pid: torch.from_numpy(anomaly_scores(state["anomaly_model"], a.reshape(-1, a.shape[-1]))
+                                         .reshape(a.shape[:2])) for pid, a in raw.items()}
+    clinical = None
+    if "clinical_stats" in state:
+        stats = {k: pd.Series(v) for k, v in state["clinical_stats"].items()}
+        table = (dataset.patients[CLINICAL_FEATURES].astype(float) - stats["mean"]) / stats["std"]
+        clinical = {pid: torch.tensor(table.loc[pid].to_numpy(), dtype=torch.float32) for pid in raw}
+    return FoldData(x, anomaly, clinical, dataset.patients["LABEL"], state)
+
+
+def predict_fold(state: dict, emb: Embeddings, dataset: Dataset, s: HeadSettings, pids,
+                 fold: int) -> tuple[pd.Series, pd.DataFrame]:
+    """Probabilities and cell weights of new patients from a saved fold (head.pt), exactly as at training."""
+    pids = list(pids)
+    data = fold_data_from_state(state, emb, dataset, pids)
+    return score_patients(head_from_state(state), data, emb, pids, "predict", s, fold)

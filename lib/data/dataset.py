@@ -63,12 +63,16 @@ class Dataset:
         return self.split("test")
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Load and validate a competition directory in either layout."""
+def load_dataset(root: str | Path, scoring_only: bool = False) -> Dataset:
+    """Load and validate a competition directory in either layout.
+
+    ``scoring_only`` (predict.py: patients to score with trained models) accepts a 2024-layout directory
+    without training patients: no ``trainset/trainset_true.csv``, or one with a header only.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found")
-    layout, table = _read_tables(root)
+    layout, table = _read_tables(root, scoring_only)
     patients = _validate_patients(table)
     images = {pid: _patient_images(root, pid, split) for pid, split in patients["split"].items()}
     patients["n_images"] = pd.Series({pid: len(paths) for pid, paths in images.items()})
@@ -76,13 +80,15 @@ def load_dataset(root: str | Path) -> Dataset:
     return Dataset(root=root, layout=layout, patients=patients, images=images)
 
 
-def _read_tables(root: Path) -> tuple[str, pd.DataFrame]:
+def _read_tables(root: Path, scoring_only: bool = False) -> tuple[str, pd.DataFrame]:
     """Read the clinical CSV(s) of either layout into one table with a ``split`` column."""
     train_csv = root / "trainset" / "trainset_true.csv"
     test_csv = root / "testset" / "testset_data.csv"
     annotation_csv = root / "clinical_annotation.csv"
     if train_csv.exists() or test_csv.exists():
-        parts = [_read_csv(train_csv).assign(split="train"), _read_csv(test_csv).assign(split="test")]
+        parts = [_read_csv(test_csv).assign(split="test")]
+        if train_csv.exists() or not scoring_only:
+            parts.insert(0, _read_csv(train_csv, allow_empty=scoring_only).assign(split="train"))
         return "2024", pd.concat(parts, ignore_index=True)
     if annotation_csv.exists():
         table = _read_csv(annotation_csv)
@@ -92,7 +98,7 @@ def _read_tables(root: Path) -> tuple[str, pd.DataFrame]:
                     f"(2024 layout) nor clinical_annotation.csv (2021 layout)")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     """Read one clinical CSV as text, dropping an unnamed index column, checking the columns."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -113,7 +119,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if missing:
         hint = " (use ',' as delimiter)" if len(table.columns) == 1 and ";" in str(table.columns[0]) else ""
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
-    if table.empty:
+    if table.empty and not allow_empty:
         raise DataError(f"{path}: no patient rows (header only)")
     table = table[COLUMNS].apply(lambda col: col.str.strip())
     return table.assign(source=str(path))

@@ -329,6 +329,8 @@ def pool_patient_features(cells: pd.DataFrame, features: list[str] | None = DEFA
     if unknown:
         raise DataError(f"pooled morphometry: unknown feature(s) {', '.join(unknown)}")
     good = cells.loc[cells["ok"] == 1, ["ID", *MEASUREMENTS]].astype({m: float for m in MEASUREMENTS})
+    if good.empty:  # no measurable cell at all: every pooled value is NaN (imputed in-fold), not a crash
+        good = pd.DataFrame({"ID": cells["ID"].iloc[:1], **{m: [np.nan] * min(1, len(cells)) for m in MEASUREMENTS}})
     grouped = good.groupby("ID")[MEASUREMENTS]
     quant = grouped.quantile([0.1, 0.25, 0.5, 0.75, 0.9])
     parts = {"mean": grouped.mean(), "std": grouped.std(),

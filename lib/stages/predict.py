@@ -1,0 +1,147 @@
+"""Scoring patients of any data directory with the saved fold models of an ensemble's runs (no retraining).
+
+Every run of the ensemble is re-applied fold by fold, exactly as it scored its own test patients, and
+the folds are averaged as in its ``test.csv``:
+- clinical runs (train_clinical.py): each fold's fitted Pipeline (``folds/model_<k>.pkl``) on the run's
+  feature set computed for the new patients (morphometry measured on their cells);
+- CNN runs of the embed regime (train_cnn.py): the run's frozen backbone embeds the new cells under the
+  run's evaluation views (same weights, crop, input size, precision and transform code, or a one-line
+  error), then each fold's head with its fitted preprocessing (``fold_<k>/head.pt``).
+The fused score uses the ensemble's weights, method and threshold (rank_mean is anchored on the tuned
+OOF predictions, as for the submission). Finetune-regime runs are refused for now (one line).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lib.cnn import embed_mil
+from lib.cnn.device import autocast_dtype, resolve_device
+from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
+from lib.cnn.settings import head_settings
+from lib.core.errors import DataError
+from lib.data.dataset import Dataset
+from lib.features.tables import feature_table
+from lib.fusion.fuse import FusionParams, fuse
+from lib.fusion.runs import RunSet
+from lib.models import clinical as estimator
+from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
+from lib.stages.clinical import model_path
+from lib.stages.cnn import check_crop, fold_dir
+
+log = logging.getLogger(__name__)
+
+
+def n_folds_of(run_dir: Path) -> int:
+    """Number of folds of a finished run (the fold columns of its test.csv)."""
+    columns = pd.read_csv(Path(run_dir) / "test.csv", nrows=0).columns
+    return sum(c.startswith("fold_") for c in columns)
+
+
+def fold_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
+    """Per-fold probabilities and their mean as ``proba`` (the layout of a run's test.csv)."""
+    table = pd.DataFrame({f"fold_{k}": p for k, p in sorted(per_fold.items())})
+    return table.assign(proba=table.mean(axis=1))
+
+
+def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path) -> pd.DataFrame:
+    """The clinical run's fold Pipelines on the new patients' features."""
+    features = feature_table(dataset, config["feature_set"], cache_dir).loc[pids]
+    per_fold = {}
+    for k in range(n_folds_of(run_dir)):
+        per_fold[k] = estimator.positive_proba(pickle.loads(model_path(run_dir, k).read_bytes()), features)
+    return fold_table(per_fold)
+
+
+def _load_heads(run_dir: Path) -> list[dict]:
+    """Every fold's head.pt of an embed-regime run."""
+    return [torch.load(fold_dir(run_dir, k) / "head.pt", map_location="cpu", weights_only=False)
+            for k in range(n_folds_of(run_dir))]
+
+
+def _check_same(run_dir: Path, what: str, saved, now, fix: str) -> None:
+    """One-line refusal when the run's recorded value differs from what predicting would use now."""
+    if saved != now:
+        raise DataError(f"{run_dir}: its embeddings used {what} {saved}, now {now}; {fix}")
+
+
+def embed_job(run_dir: Path, config: dict, saved: dict, cache_dir: Path, progress: bool) -> EmbedJob:
+    """The run's frozen backbone, checked to be the one (and used the way) it was trained with."""
+    weights = resolve_weights(config["weights"], cache_dir)
+    backbone = build_backbone(config["backbone"], weights, config["seed"])
+    _check_same(run_dir, "weights", saved["weights_tag"], weights_tag(backbone),
+                f"the weights file {weights} changed since: re-run train_cnn.py")
+    _check_same(run_dir, "transform code", saved["code"], code_tag(), "the code changed since: re-run train_cnn.py")
+    device = resolve_device(config.get("device") or "auto")
+    dtype = autocast_dtype(config["amp"], device, training=False)
+    _check_same(run_dir, "precision", saved["precision"], precision_name(dtype), "predict on a machine like the run's")
+    data_config = embed_data_config(backbone, config["crop"], config["input_size"])
+    return EmbedJob(backbone, data_config, device, dtype, config["embed_batch"], progress)
+
+
+def predict_embed(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,
+                  progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The embed run's fold heads on the new patients' embeddings; (probabilities, cell weights)."""
+    states = _load_heads(run_dir)
+    saved = states[0]["embedding"]
+    spec = EmbedSpec(**{**saved, "dataset": dataset.name})
+    emb = compute_embeddings(dataset, spec, embed_job(run_dir, config, saved, cache_dir, progress), cache_dir,
+                             views=spec.eval_views)
+    settings = head_settings(argparse.Namespace(**{**config, "progress": progress}))
+    per_fold, cells = {}, []
+    for k, state in enumerate(states):
+        per_fold[k], fold_cells = embed_mil.predict_fold(state, emb, dataset, settings, pids, k)
+        cells.append(fold_cells)
+    weights = pd.concat(cells).groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean()
+    return fold_table(per_fold), weights
+
+
+def run_kind(run_dir: Path, config: dict) -> str:
+    """'clinical' or 'embed'; any other run is refused with one line."""
+    if config.get("stage") == "clinical":
+        return "clinical"
+    if config.get("stage") == "cnn" and config.get("regime") == "embed":
+        return "embed"
+    raise DataError(f"{run_dir}: predict.py scores clinical and embed-regime CNN runs; this run is "
+                    f"{config.get('stage')}/{config.get('regime')} (finetune runs are not supported yet)")
+
+
+def check_runs(runs: RunSet, dataset: Dataset) -> None:
+    """Before any work: every run is of a kind predict.py scores, has its fold models, and fits the images."""
+    for path, config in zip(runs.paths, runs.configs):
+        kind, n_folds = run_kind(Path(path), config), n_folds_of(path)
+        models = [model_path(path, k) if kind == "clinical" else fold_dir(path, k) / "head.pt" for k in range(n_folds)]
+        missing = [m for m in models if not m.exists()]
+        if missing:
+            raise DataError(f"{missing[0]}: fold model not found (re-run the stage that made {path})")
+        if kind == "embed":
+            check_crop(config["crop"], dataset)
+
+
+def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,
+                progress: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One run's per-fold and mean probabilities for the patients (and cell weights for CNN runs)."""
+    if run_kind(run_dir, config) == "clinical":
+        return predict_clinical(run_dir, config, dataset, pids, cache_dir), None
+    return predict_embed(run_dir, config, dataset, pids, cache_dir, progress)
+
+
+def predict_patients(runs: RunSet, params: FusionParams, dataset: Dataset, pids: list[str], cache_dir: Path,
+                     progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Per-model probabilities and the fused score (column ``blend``) of the patients; and CNN cell weights."""
+    check_runs(runs, dataset)
+    probas, cells = {}, {}
+    for name, path, config in zip(runs.names, runs.paths, runs.configs):
+        log.info("scoring %d patient(s) with run %s", len(pids), path)
+        table, weights = predict_run(Path(path), config, dataset, pids, cache_dir, progress)
+        probas[name] = table["proba"]
+        if weights is not None:
+            cells[name] = weights
+    table = pd.DataFrame(probas).loc[pids]
+    table["blend"] = fuse(table[runs.names], params, reference=runs.oof[runs.names])
+    return table.rename_axis("ID"), cells
