@@ -3,6 +3,9 @@
 Stages: prepare (validate + folds) -> clinical -> clinical+morphometry -> CNN (mean head, the CPU
 preset) -> CNN (attention head on the same cached embeddings, whose cell weights the report shows) ->
 ensemble -> report -> submission. Re-running it resumes: finished folds and trials are kept.
+With ``--fold-seeds 42 43 44`` the model stages run on each committed split, each model's OOF and test
+predictions are averaged over the splits (fold-seed bagging, lib/stages/bagging.py) and the ensemble,
+report and submission use the averages (runs/<dataset>_bag42-43-44/).
 """
 import argparse
 import subprocess
@@ -13,6 +16,7 @@ from pathlib import Path
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
 from lib.data.locate import resolve_data_dir
+from lib.stages.bagging import bag_runs
 from lib.data.dataset import load_dataset
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 
@@ -25,6 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_DIR / "submission.csv")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="parent of the run directories")
     parser.add_argument("--fold-seed", type=int, default=42, help="which committed fold file to use")
+    parser.add_argument("--fold-seeds", type=int, nargs="+", default=None,
+                        help="fold-seed bagging: run the models on each of these committed splits, average each "
+                             "patient's OOF and test predictions over them, then blend the averages")
     parser.add_argument("--folds-dir", type=Path, default=FOLDS_DIR, help="where the fold files are")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="decoded-image, weights, embedding and "
                         "morphometry caches")
@@ -33,13 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(name, script + arguments) of every stage, in order."""
+def model_stages(data_dir: Path, tag: str, seed: int, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, script + arguments) of the stages up to the models, on the folds of one seed."""
     data = ["--data-dir", str(data_dir)]
-    folds = ["--fold-seed", str(args.fold_seed), "--folds-dir", str(args.folds_dir)]
+    folds = ["--fold-seed", str(seed), "--folds-dir", str(args.folds_dir)]
     common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
-    run = {name: f"{tag}/{name}" for name in (*MODELS, "ensemble")}
-    ensemble_dir = str(args.runs_dir / run["ensemble"])
+    run = {name: f"{tag}/{name}" for name in MODELS}
     return [
         ("prepare", ["prepare_data.py", *data, *folds]),
         ("clinical", ["train_clinical.py", *common, "--experiment", run["clinical"]]),
@@ -47,12 +53,42 @@ def stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str
         ("cnn", ["train_cnn.py", "-c", args.cnn_config, *common, "--experiment", run["cnn"]]),
         ("cnn_attention", ["train_cnn.py", "-c", args.cnn_config, *common, "--head", "attention",
                            "--experiment", run["cnn_attention"]]),
-        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / run[m]) for m in MODELS),
-                      "--runs-dir", str(args.runs_dir), "--experiment", run["ensemble"],
+    ]
+
+
+def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, script + arguments) of the ensemble of the models under ``tag``, its report and the submission."""
+    data = ["--data-dir", str(data_dir)]
+    ensemble_dir = str(args.runs_dir / tag / "ensemble")
+    return [
+        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in MODELS),
+                      "--runs-dir", str(args.runs_dir), "--experiment", f"{tag}/ensemble",
                       "--trials", str(args.trials), "--resume"]),
         ("report", ["report.py", "--ensemble", ensemble_dir, *data]),
         ("submission", ["make_submission.py", *data, "--ensemble", ensemble_dir, "--out", str(args.out)]),
     ]
+
+
+def run_stage(name: str, command: list[str], seconds: dict[str, float]) -> None:
+    """Run one stage script; stop the pipeline (one line) when it fails."""
+    print(f"\n=== {name}: {' '.join(command)}", flush=True)
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, *command], cwd=REPO_DIR)
+    if done.returncode:
+        sys.exit(f"pipeline: stage {name} failed (exit {done.returncode}); fix it and re-run to resume")
+    seconds[name] = time.perf_counter() - began
+    print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
+
+
+def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: dict[str, float]) -> str:
+    """Average every model over the fold seeds into runs/<name>_bag<seeds>/ (lib.stages.bagging); its tag."""
+    tag, began = f"{name}_bag{'-'.join(map(str, seeds))}", time.perf_counter()
+    for model in MODELS:
+        metrics = bag_runs([args.runs_dir / f"{name}_s{seed}" / model for seed in seeds], args.runs_dir / tag / model)
+        print(f"=== bagged {model} over fold seeds {seeds}: OOF BA {metrics['ba_mean']:.3f}, "
+              f"AUC {metrics['auc_mean']:.3f}", flush=True)
+    seconds["bag"] = time.perf_counter() - began
+    return tag
 
 
 def main(argv=None) -> dict[str, float]:
@@ -60,16 +96,14 @@ def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
     args.runs_dir = args.runs_dir.resolve()
     data_dir = resolve_data_dir(args.data_dir)
-    tag = f"{load_dataset(data_dir).name}_s{args.fold_seed}"
+    name, seeds = load_dataset(data_dir).name, args.fold_seeds or [args.fold_seed]
     start, seconds = time.perf_counter(), {}
-    for name, command in stages(data_dir, tag, args):
-        print(f"\n=== {name}: {' '.join(command)}", flush=True)
-        began = time.perf_counter()
-        done = subprocess.run([sys.executable, *command], cwd=REPO_DIR)
-        if done.returncode:
-            sys.exit(f"pipeline: stage {name} failed (exit {done.returncode}); fix it and re-run to resume")
-        seconds[name] = time.perf_counter() - began
-        print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
+    for seed in seeds:
+        for stage, command in model_stages(data_dir, f"{name}_s{seed}", seed, args):
+            run_stage(stage if len(seeds) == 1 else f"{stage}_s{seed}", command, seconds)
+    tag = f"{name}_s{seeds[0]}" if len(seeds) == 1 else bag_models(name, seeds, args, seconds)
+    for stage, command in blend_stages(data_dir, tag, args):
+        run_stage(stage, command, seconds)
     print(f"\npipeline: {args.out} written in {time.perf_counter() - start:.0f} s; "
           f"runs in {args.runs_dir / tag}, report {args.runs_dir / tag / 'ensemble' / 'report' / 'index.html'}")
     return seconds

@@ -8,7 +8,8 @@ NEW_DIR is a competition directory in either layout (clinical CSV + one image fo
 training split may be absent). Every
 run of the ensemble scores the patients with its saved fold models (see lib/stages/predict.py), fused with
 the ensemble's weights, method and threshold. Writes --out (Id,Predicted), <out stem>_proba.csv (Id,Proba)
-and <out stem>_models.csv (each model's probability and the blend).
+<out stem>_models.csv (each model's probability and the blend) and <out stem>_report/index.html (where
+the scores fall against the threshold; the cells behind the calls closest to it).
 """
 import argparse
 from pathlib import Path
@@ -22,6 +23,7 @@ from lib.core.paths import CACHE_DIR
 from lib.data.dataset import load_dataset
 from lib.fusion.runs import load_ensemble_runs
 from lib.stages.predict import predict_patients
+from lib.stages.report.scored import scored_report
 from lib.stages.submission import write_submission
 
 
@@ -35,9 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score every patient of the directory (train and test split alike; labels unused)")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="Id,Predicted CSV to write")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="decoded images, weights, embeddings")
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="also write <out stem>_report/index.html: the scores and the cells behind the closest calls")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def report_dir(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_report")
 
 
 def models_path(out: Path) -> Path:
@@ -50,9 +58,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs, params, _ = load_ensemble_runs(args.ensemble)
     dataset = load_dataset(args.data_dir, scoring_only=True)
     pids = sorted(dataset.patients.index if args.all_patients else dataset.test.index)
-    table, _ = predict_patients(runs, params, dataset, pids, args.cache_dir, args.progress)
+    table, cells = predict_patients(runs, params, dataset, pids, args.cache_dir, args.progress)
     out, out_proba = write_submission(table["blend"], params.threshold, pids, args.out)
     atomic_write_csv(table.reset_index(), models_path(args.out))
+    if args.report:
+        index = scored_report(table, params.threshold, params.weights, cells, dataset, report_dir(args.out),
+                              f"Predictions: {args.data_dir.name} with {args.ensemble.name}", args.progress)
+        print(f"report: {index}")
     n_tumoral = int((table["blend"] >= params.threshold).sum())
     print(f"{args.ensemble}: {len(pids)} patient(s) of {args.data_dir} scored by {len(runs.names)} model(s) "
           f"({params.method}, threshold {params.threshold:.3f}): {n_tumoral} predicted tumoral -> {out}, {out_proba}, "

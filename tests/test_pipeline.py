@@ -13,5 +13,7 @@ def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
     pngs = {p.name for p in report.glob("*.png")}
     assert {"roc.png", "confusion.png", "folds.png", "calibration.png"} <= pngs
     assert any(name.startswith("patient_") for name in pngs)
+    assert "scored_distribution.png" in pngs and any(n.startswith("scored_P") for n in pngs)  # the submitted patients
+    assert "The submitted test patients" in (report / "index.html").read_text()
     html = (report / "index.html").read_text()
     assert all(p.stat().st_size > 1000 and p.name in html for p in report.glob("*.png"))

@@ -41,6 +41,11 @@ def test_on_the_training_directory_it_reproduces_every_run_and_the_submission(de
     models = pd.read_csv(tmp_path / "pred_models.csv", dtype={"ID": str})
     assert list(models.columns) == ["ID", "clinical", "morpho", "cnn", "cnn_attention", "blend"]
     assert files_under(runs) == before  # nothing retrained, nothing rewritten
+    report = tmp_path / "pred_report"
+    pngs = sorted(p.name for p in report.glob("*.png"))
+    assert "scored_distribution.png" in pngs and len(pngs) == 1 + 4  # 4 test patients, all near enough to show
+    html = (report / "index.html").read_text()
+    assert all(name in html for name in pngs) and all((report / n).stat().st_size > 1000 for n in pngs)
 
 
 def copy_patients(data: Path, root: Path, size: int | None = None, drop_column: str | None = None) -> Path:

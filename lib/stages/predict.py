@@ -28,9 +28,10 @@ from lib.core.errors import DataError
 from lib.data.dataset import Dataset
 from lib.features.tables import feature_table
 from lib.fusion.fuse import FusionParams, fuse
-from lib.fusion.runs import RunSet
+from lib.fusion.runs import RunSet, read_run_config
 from lib.models import clinical as estimator
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
+from lib.stages.bagging import bagged_sources
 from lib.stages.clinical import model_path
 from lib.stages.cnn import check_crop, fold_dir
 
@@ -111,9 +112,13 @@ def run_kind(run_dir: Path, config: dict) -> str:
                     f"{config.get('stage')}/{config.get('regime')} (finetune runs are not supported yet)")
 
 
-def check_runs(runs: RunSet, dataset: Dataset) -> None:
+def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None:
     """Before any work: every run is of a kind predict.py scores, has its fold models, and fits the images."""
-    for path, config in zip(runs.paths, runs.configs):
+    for path, config in zip(paths, configs):
+        sources = bagged_sources(config)
+        if sources:
+            check_runs(sources, [read_run_config(p) for p in sources], dataset)
+            continue
         kind, n_folds = run_kind(Path(path), config), n_folds_of(path)
         models = [model_path(path, k) if kind == "clinical" else fold_dir(path, k) / "head.pt" for k in range(n_folds)]
         missing = [m for m in models if not m.exists()]
@@ -123,9 +128,25 @@ def check_runs(runs: RunSet, dataset: Dataset) -> None:
             check_crop(config["crop"], dataset)
 
 
+def predict_bagged(sources: list[Path], dataset: Dataset, pids: list[str], cache_dir: Path,
+                   progress: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A fold-seed-bagged run: each seed's run scores the patients, the seeds are averaged (as its test.csv)."""
+    tables, cells = [], []
+    for source in sources:
+        table, weights = predict_run(source, read_run_config(source), dataset, pids, cache_dir, progress)
+        tables.append(table[[c for c in table.columns if c.startswith("fold_")]].add_prefix(f"{source.name}_"))
+        cells += [weights] if weights is not None else []
+    table = pd.concat(tables, axis=1)
+    table["proba"] = table.mean(axis=1)
+    weights = pd.concat(cells).groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean() if cells else None
+    return table, weights
+
+
 def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,
                 progress: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One run's per-fold and mean probabilities for the patients (and cell weights for CNN runs)."""
+    if bagged_sources(config):
+        return predict_bagged(bagged_sources(config), dataset, pids, cache_dir, progress)
     if run_kind(run_dir, config) == "clinical":
         return predict_clinical(run_dir, config, dataset, pids, cache_dir), None
     return predict_embed(run_dir, config, dataset, pids, cache_dir, progress)
@@ -134,7 +155,7 @@ def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], 
 def predict_patients(runs: RunSet, params: FusionParams, dataset: Dataset, pids: list[str], cache_dir: Path,
                      progress: bool = True) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per-model probabilities and the fused score (column ``blend``) of the patients; and CNN cell weights."""
-    check_runs(runs, dataset)
+    check_runs(runs.paths, runs.configs, dataset)
     probas, cells = {}, {}
     for name, path, config in zip(runs.names, runs.paths, runs.configs):
         log.info("scoring %d patient(s) with run %s", len(pids), path)

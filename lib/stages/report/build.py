@@ -12,7 +12,9 @@ from lib.core.paths import REPO_DIR
 from lib.stages.report.figures import calibration_figure, confusion_figure, fold_figure, fold_table, roc_figure
 from lib.stages.report.html import Figure, render_page, write_page
 from lib.stages.report.inputs import (BLEND, EnsembleRun, cnn_run, load_data, load_ensemble, read_cells,
-                               resolve_data_dir)
+                                      read_test_cells, resolve_data_dir)
+from lib.stages.report.scored import scored_section
+from lib.stages.submission import fused_test
 from lib.stages.report.montage import (Chosen, choose_patients, clinical_lines, extreme_cells, montage_figure,
                                 resolve_cell_path, uniform_note)
 
@@ -116,6 +118,20 @@ def montage_section(ensemble: EnsembleRun, dataset: Dataset | None, out: Path, n
     return figures, notes
 
 
+def submitted_section(ensemble: EnsembleRun, dataset: Dataset | None, out: Path, n_show: int,
+                      progress: bool) -> tuple[list[Figure], list[str]]:
+    """Where the submitted (test) patients' blended scores fall, and the cells behind the closest calls."""
+    scores = fused_test(ensemble.runs, ensemble.params)
+    if dataset is None:
+        return [], ["Data directory unknown or not found (pass --data-dir): no section for the test patients."]
+    model = cnn_run(ensemble)
+    cells = None
+    if model is not None:
+        cells = read_test_cells(ensemble.runs.paths[ensemble.runs.names.index(model)], scores.index)
+    return scored_section(scores, ensemble.params.threshold, cells, model, dataset, out,
+                          "submitted test patients", n_show=n_show, base=REPO_DIR, progress=progress)
+
+
 def remove_old_montages(out: Path) -> None:
     """Drop patient montages of an earlier rendering (the chosen patients may have changed)."""
     for path in out.glob(f"{MONTAGE_PREFIX}*.png"):
@@ -132,13 +148,15 @@ def build_report(ensemble_dir: str | Path, data_dir: Path | None = None, out: Pa
     remove_old_montages(out)
     quality = quality_figures(ensemble, out)
     montages, notes = montage_section(ensemble, dataset, out, n_show, max_errors, progress)
+    submitted, submitted_notes = submitted_section(ensemble, dataset, out, n_show, progress)
     intro = (f"Ensemble run {ensemble.run_dir.name}: {len(ensemble.runs.names)} run(s) fused by "
              f"{ensemble.params.method} at threshold {ensemble.params.threshold:.2f}, "
              f"{len(ensemble.blend)} training patients scored out-of-fold "
              f"({int(np.sum(ensemble.blend['target']))} tumoral).{honest_line(ensemble)}")
     page = render_page(f"Report: {ensemble.run_dir.name}", intro, key_table(ensemble),
                        [("How good are the models", quality, []),
-                        ("Why a patient is called tumoral: the cells behind the call", montages, notes)])
+                        ("Why a patient is called tumoral: the cells behind the call", montages, notes),
+                        ("The submitted test patients", submitted, submitted_notes)])
     index = write_page(out / "index.html", page)
-    log.info("report written to %s (%d figures)", index, len(quality) + len(montages))
+    log.info("report written to %s (%d figures)", index, len(quality) + len(montages) + len(submitted))
     return index

@@ -29,12 +29,12 @@ def figure_html(figure: Figure) -> str:
             f"<p class=\"caption\">{html.escape(figure.caption)}</p>")
 
 
-def render_page(title: str, intro: str, table: pd.DataFrame, sections: list[tuple[str, list[Figure], list[str]]]
-                ) -> str:
+def render_page(title: str, intro: str, table: pd.DataFrame, sections: list[tuple[str, list[Figure], list[str]]],
+                table_heading: str = "Key numbers (out-of-fold)") -> str:
     """The whole page: title, intro line, key-number table, then sections (heading, figures, notes)."""
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-             f"<p>{html.escape(intro)}</p>", "<h2>Key numbers (out-of-fold)</h2>",
+             f"<p>{html.escape(intro)}</p>", f"<h2>{html.escape(table_heading)}</h2>",
              table.to_html(index=False, border=0, na_rep="")]
     for heading, figures, notes in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")

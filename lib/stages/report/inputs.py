@@ -104,3 +104,12 @@ def read_cells(run_dir: Path, oof_ids) -> pd.DataFrame:
     if "split" in cells.columns:
         cells = cells[cells["split"] != "test"]
     return cells[cells["ID"].isin(set(oof_ids))].reset_index(drop=True)
+
+
+def read_test_cells(run_dir: Path, test_ids) -> pd.DataFrame:
+    """Test patients' cell weights (averaged over the fold models) from a run's cells.csv."""
+    path = Path(run_dir) / "cells.csv"
+    cells = pd.read_csv(path, dtype={"ID": str})
+    if "split" not in cells.columns:
+        raise DataError(f"{path}: no split column (made by an older version? re-run train_cnn.py)")
+    return cells[(cells["split"] == "test") & cells["ID"].isin(set(test_ids))].reset_index(drop=True)
