@@ -166,3 +166,27 @@ def test_anomaly_model_errors():
     model = fit_anomaly_model(rng.normal(size=(40, 5)), n_components=2)
     with raises_programming_error("dim 6"):
         anomaly_scores(model, rng.normal(size=(4, 6)))
+
+
+@pytest.mark.parametrize("name", ["mean", "attention", "instance_bn", "anomaly"])
+def test_gated_fusion_mixes_an_image_expert_and_a_clinical_expert(name):
+    head = create_head(name, IN_DIM, clinical_dim=3, fusion="gate")
+    x, clinical = torch.randn(2, 5, IN_DIM), torch.randn(2, 3)
+    anomaly = torch.randn(2, 5) if name == "anomaly" else None
+    out = head(x, clinical=clinical, anomaly=anomaly)
+    assert out["logit"].shape == (2,) and out["weights"].shape == (2, 5) and ((out["gate"] > 0) & (out["gate"] < 1)).all()
+    image = head.image(x, anomaly=anomaly)["logit"]
+    expert = head.expert(clinical).squeeze(-1)
+    torch.testing.assert_close(out["logit"], out["gate"] * image + (1 - out["gate"]) * expert)
+    out["logit"].sum().backward()
+    assert head.gate.weight.grad.abs().sum() > 0 and head.expert.weight.grad.abs().sum() > 0
+    head.eval()  # instance_bn's BatchNorm depends on the batch in training mode
+    batch = head(x, clinical=clinical, anomaly=anomaly)["logit"]
+    single = head(x[0], clinical=clinical[0], anomaly=None if anomaly is None else anomaly[0])
+    torch.testing.assert_close(single["logit"], batch[0])
+
+
+def test_gated_fusion_needs_the_clinical_features():
+    with pytest.raises(DataError, match="clinical fusion 'sum'"):
+        create_head("mean", IN_DIM, clinical_dim=3, fusion="sum")
+    assert not hasattr(create_head("mean", IN_DIM, clinical_dim=0, fusion="gate"), "gate")  # images only: no gate

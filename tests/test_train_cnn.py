@@ -215,3 +215,22 @@ def test_benchmark_speed_figures_are_read_from_a_run(data_dir, tmp_path):
     assert "reused from the cache" in embed_rate_line("x", warm)
     bags = float(re.search(r"(\d+) bags/s", head_training_line("x", [cold, warm], 20)).group(1))
     assert bags == pytest.approx(np.mean([6 * 20 / r["epoch_seconds"] for r in (cold, warm)]), abs=1)
+
+
+@pytest.mark.parametrize("regime", [("embed",), ("finetune", "--folds", "0", "--epochs", "1")])
+def test_gated_clinical_fusion_trains_in_both_regimes(data_dir, tmp_path, regime):
+    preset = tmp_path / "gate.yaml"
+    preset.write_text("clinical_fusion: gate\n")  # the YAML spelling, checked like the command line
+    run(data_dir, tmp_path, "g", "-c", str(preset), "--regime", *regime)
+    out = tmp_path / "runs" / "g"
+    assert yaml.safe_load((out / "config.yaml").read_text())["clinical_fusion"] == "gate"
+    name, key = ("head.pt", "head") if regime[0] == "embed" else ("model.pt", "model")
+    state = torch.load(out / "fold_0" / name, weights_only=False)
+    assert state["clinical_fusion"] == "gate" and any(k.endswith("gate.weight") for k in state[key])
+
+
+def test_clinical_fusion_values(data_dir, tmp_path):
+    from lib.cnn.settings import clinical_fusion_arg
+    assert [clinical_fusion_arg(v) for v in (True, "concat", "gate", False, "none")] == [True, True, "gate", False, False]
+    with pytest.raises(DataError, match="expected concat, gate or none"):
+        run(data_dir, tmp_path, "bad", "--clinical-fusion", "sum")

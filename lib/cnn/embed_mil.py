@@ -22,7 +22,7 @@ from lib.core.progress import tqdm
 from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.cnn.embedding import Embeddings
-from lib.cnn.settings import HeadSettings
+from lib.cnn.settings import HeadSettings, clinical_inputs
 from lib.models import anomaly_scores, create_head, fit_anomaly_model
 from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_stats,
                                  cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
@@ -173,21 +173,23 @@ def train_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, va
     train_ids = list(train_ids)
     data = prepare_fold(emb, dataset, s, train_ids, list(valid_ids) + list(test_ids), seed, s.head == "anomaly")
     in_dim = next(iter(data.x.values())).shape[-1]
-    head = create_head(s.head, in_dim, clinical_dim=len(CLINICAL_FEATURES) if s.clinical_fusion else 0, **s.head_args)
+    clinical_dim, fusion = clinical_inputs(s.clinical_fusion)
+    head = create_head(s.head, in_dim, clinical_dim=clinical_dim, fusion=fusion, **s.head_args)
     history = train_head(head, data, train_ids, s, rng, fold)
     valid, valid_cells = score_patients(head, data, emb, valid_ids, "valid", s, fold)
     test, test_cells = score_patients(head, data, emb, test_ids, "test", s, fold)
     log.info("fold %d: head %s trained %d epochs in %.1f s (last loss %.3f)", fold, s.head, s.epochs,
              history["seconds"].sum(), history["train_loss"].iloc[-1])
     state = {"head": head.state_dict(), "head_name": s.head, "head_args": s.head_args, "in_dim": in_dim,
+             "clinical_fusion": s.clinical_fusion,
              "embedding": emb.spec.__dict__, **data.fitted}
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
 
 
 def head_from_state(state: dict) -> torch.nn.Module:
     """The trained head of a fold's head.pt, in eval mode."""
-    clinical_dim = len(CLINICAL_FEATURES) if "clinical_stats" in state else 0
-    head = create_head(state["head_name"], state["in_dim"], clinical_dim=clinical_dim, **state["head_args"])
+    clinical_dim, fusion = clinical_inputs(state.get("clinical_fusion", "clinical_stats" in state))
+    head = create_head(state["head_name"], state["in_dim"], clinical_dim=clinical_dim, fusion=fusion, **state["head_args"])
     head.load_state_dict(state["head"])
     return head.eval()
 

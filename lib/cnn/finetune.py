@@ -30,7 +30,7 @@ from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.cnn.device import autocast_dtype
 from lib.data.images import ImageCache, patient_rows
-from lib.cnn.settings import FinetuneSettings
+from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
 from lib.cnn.common import (FoldResult, batches, rng_states, set_rng_states, cell_table, class_weights, clinical_stats,
                                  cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
@@ -222,7 +222,7 @@ def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dat
     """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
     seed_everything(fold_seed(s.seed, fold))
     model = build_model(make_backbone(), s)
-    clinical, state = None, {"head_name": s.head, "head_args": s.head_args}
+    clinical, state = None, {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
     if s.clinical_fusion:
         features = dataset.patients[CLINICAL_FEATURES].astype(float)
         clinical = standardise_clinical(features, list(train_ids))
@@ -238,5 +238,6 @@ def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dat
 
 def build_model(backbone: nn.Module, s: FinetuneSettings) -> MILNet:
     """Backbone + a fresh head sized to its features (clinical fusion adds the clinical features)."""
-    clinical_dim = len(CLINICAL_FEATURES) if s.clinical_fusion else 0
-    return MILNet(backbone, create_head(s.head, backbone.num_features, clinical_dim=clinical_dim, **s.head_args))
+    clinical_dim, fusion = clinical_inputs(s.clinical_fusion)
+    head = create_head(s.head, backbone.num_features, clinical_dim=clinical_dim, fusion=fusion, **s.head_args)
+    return MILNet(backbone, head)

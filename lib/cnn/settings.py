@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from lib.data.clinical import CLINICAL_FEATURES
+
 
 @dataclass(frozen=True)
 class MILSettings:
@@ -22,7 +24,7 @@ class MILSettings:
     weight_decay: float
     batch_patients: int
     eval_bags: int
-    clinical_fusion: bool
+    clinical_fusion: bool | str  # False, True (concatenated to the head's input) or 'gate'
     seed: int
     progress: bool
 
@@ -45,6 +47,28 @@ class FinetuneSettings(MILSettings):
     amp: str
     workers: int
     eval_batch: int
+
+
+def clinical_fusion_arg(text) -> bool | str:
+    """--clinical-fusion value: true/concat (early fusion, the default of the flag), gate, or false/none."""
+    value = str(text).strip().lower()
+    if value in ("true", "concat", "yes", "1"):
+        return True
+    if value in ("false", "none", "no", "0", "off"):
+        return False
+    if value == "gate":
+        return "gate"
+    raise argparse.ArgumentTypeError(f"expected concat, gate or none (true/false), got {text!r}")
+
+
+clinical_fusion_arg.accepts_bool = True  # YAML true/false are the historic spellings of concat/none
+
+
+def clinical_inputs(clinical_fusion: bool | str) -> tuple[int, str]:
+    """(clinical_dim, fusion) of a head for a --clinical-fusion value."""
+    if not clinical_fusion:
+        return 0, "concat"
+    return len(CLINICAL_FEATURES), "gate" if clinical_fusion == "gate" else "concat"
 
 
 def _shared(args: argparse.Namespace) -> dict:

@@ -108,7 +108,9 @@ def _check_value(path: Path, action: argparse.Action, value):
 
 def _convert(where: str, action: argparse.Action, value):
     """One value through the action's ``type`` (as the command line text would be) and ``choices``."""
-    if action.type is not None and not isinstance(value, (dict, list)):
+    if isinstance(value, bool) and getattr(action.type, "accepts_bool", False):
+        value = action.type(value)
+    elif action.type is not None and not isinstance(value, (dict, list)):
         if isinstance(value, bool) or (isinstance(value, float) and action.type is int):
             raise DataError(f"{where}: invalid value {value!r}")
         try:

@@ -397,6 +397,38 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+class GatedFusion(nn.Module):
+    """Gated fusion (Sahasrabudhe et al. 2021): an image expert and a clinical expert mixed by a clinical gate.
+
+    The image expert is any head without clinical input; the clinical expert is a logistic model of the
+    clinical vector; the gate g = sigmoid(a . clinical + b) decides per patient how much the images count:
+    logit = g * image_logit + (1 - g) * clinical_logit. Cell weights are the image expert's; ``gate`` is
+    returned beside them.
+    """
+
+    def __init__(self, image: MILHead, clinical_dim: int) -> None:
+        super().__init__()
+        if clinical_dim < 1:
+            raise DataError("gated clinical fusion needs the clinical features (clinical_dim >= 1)")
+        self.image, self.clinical_dim = image, clinical_dim
+        self.expert = nn.Linear(clinical_dim, 1)
+        self.gate = nn.Linear(clinical_dim, 1)
+        self.weights_sum_to_one, self.needs_anomaly = image.weights_sum_to_one, image.needs_anomaly
+
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None, anomaly: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = self.image(x, anomaly=anomaly, mask=mask)
+        single = x.dim() == 2
+        _check_clinical(_batch_first(clinical, single), self.clinical_dim, 1 if single else x.shape[0])
+        clinical = clinical.to(out["logit"].dtype)
+        gate = torch.sigmoid(self.gate(clinical)).squeeze(-1)
+        logit = gate * out["logit"] + (1 - gate) * self.expert(clinical).squeeze(-1)
+        return {**out, "logit": logit, "gate": gate}
+
+
+FUSIONS = ("concat", "gate")
+
+
 HEADS: dict[str, type[MILHead]] = {
     "mean": MeanHead,
     "max": MaxHead,
@@ -409,8 +441,14 @@ HEADS: dict[str, type[MILHead]] = {
 HEAD_NAMES = tuple(HEADS)
 
 
-def create_head(name: str, in_dim: int, clinical_dim: int = 0, **kwargs) -> MILHead:
-    """Build the MIL head called name (see HEAD_NAMES); kwargs: hidden_dim, dropout and head-specific options."""
+def create_head(name: str, in_dim: int, clinical_dim: int = 0, fusion: str = "concat", **kwargs) -> nn.Module:
+    """Build the MIL head called name (see HEAD_NAMES); kwargs: hidden_dim, dropout and head-specific options.
+
+    fusion (with clinical_dim > 0): 'concat' feeds the clinical vector to the head itself (early fusion),
+    'gate' wraps the head without it in a GatedFusion with a clinical expert and gate.
+    """
+    if fusion not in FUSIONS:
+        raise DataError(f"clinical fusion '{fusion}' is not one of {', '.join(FUSIONS)}")
     if name not in HEADS:
         raise DataError(f"unknown MIL head '{name}' (choose from {', '.join(HEAD_NAMES)})")
     accepted = set(inspect.signature(HEADS[name].__init__).parameters) - {"self", "in_dim", "clinical_dim"}
@@ -419,4 +457,6 @@ def create_head(name: str, in_dim: int, clinical_dim: int = 0, **kwargs) -> MILH
         raise DataError(
             f"MIL head '{name}': unknown option(s) {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})"
         )
+    if fusion == "gate" and clinical_dim > 0:
+        return GatedFusion(HEADS[name](in_dim, clinical_dim=0, **kwargs), clinical_dim)
     return HEADS[name](in_dim, clinical_dim=clinical_dim, **kwargs)

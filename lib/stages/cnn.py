@@ -26,10 +26,9 @@ from lib.cnn.common import FoldResult
 from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.pretrain import encoder_record, encoder_record_path
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
-from lib.cnn.settings import finetune_settings, head_settings
+from lib.cnn.settings import clinical_fusion_arg, clinical_inputs, finetune_settings, head_settings
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
-from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache, read_image
 from lib.models import HEAD_NAMES, create_head
@@ -91,8 +90,11 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
       help="score a patient as the mean over this many random bags of --bag-size cells (0 = all cells at once); "
            "keeps max/top-k/CHOWDER scores on the bag size they were trained on")
     a("--pca", type=int, default=0, help="embed: PCA components of the standardised embeddings (0 = off)")
-    a("--clinical-fusion", action=argparse.BooleanOptionalAction, default=False,
-      help="feed the clinical features (standardised on the training folds) to the head")
+    a("--no-clinical-fusion", dest="clinical_fusion", action="store_const", const=False,
+      help="images only (the default)")
+    a("--clinical-fusion", nargs="?", const=True, type=clinical_fusion_arg, default=False, metavar="concat|gate",
+      help="use the clinical features (standardised on the training folds): concat (the flag alone) feeds them "
+           "to the head; gate mixes an image expert and a clinical expert by a gate on the clinical values")
     a("--folds", type=int, nargs="+", default=None, help="run only these folds (default all)")
     a("--device", default="auto", help="auto, cpu or cuda[:N]")
     a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
@@ -125,8 +127,8 @@ def check_options(args: argparse.Namespace) -> Setup:
     _check_ranges(args)
     if args.regime == "finetune" and args.head == "anomaly":
         raise DataError("--head anomaly needs per-cell anomaly scores from frozen embeddings: use --regime embed")
-    clinical_dim = len(CLINICAL_FEATURES) if args.clinical_fusion else 0
-    create_head(args.head, 8, clinical_dim=clinical_dim, **(args.head_args or {}))
+    clinical_dim, fusion = clinical_inputs(args.clinical_fusion)
+    create_head(args.head, 8, clinical_dim=clinical_dim, fusion=fusion, **(args.head_args or {}))
     weights = resolve_weights(args.weights, args.cache_dir)
     backbone = build_backbone(args.backbone, weights, args.seed)
     config = embed_data_config(backbone, args.crop, args.input_size)
