@@ -107,3 +107,13 @@ def test_weights_and_device_errors(tmp_path):
         with pytest.raises(DataError, match="CUDA"):
             resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_bf16_training_only_where_the_cpu_has_it(monkeypatch):
+    import lib.cnn.device as device
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert device.training_autocast_dtype("auto", cpu) is None and device.autocast_dtype("auto", cpu, False) is None
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert device.training_autocast_dtype("auto", cpu) is torch.bfloat16
+    assert device.training_autocast_dtype("off", cpu) is None

@@ -37,7 +37,7 @@ def autocast_dtype(amp: str, device: torch.device, training: bool) -> torch.dtyp
 
 
 def training_autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of training under ``--amp`` where CPU bf16 training is wanted (the pretraining stage).
+    """Autocast dtype of training under ``--amp`` (pretraining and the finetune regime).
 
     auto: bf16 on CUDA (fp16 if unsupported); on CPU bf16 when it is native (AMX/AVX512-BF16: dense
     convolutions train 2-3x faster), fp32 otherwise. The dtype used is recorded with the results.

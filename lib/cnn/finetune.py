@@ -28,7 +28,7 @@ from lib.core.io import atomic_torch_save
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
 from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
-from lib.cnn.device import autocast_dtype
+from lib.cnn.device import autocast_dtype, training_autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
@@ -98,7 +98,7 @@ class Trainer:
     fold: int
 
     def __post_init__(self) -> None:
-        self.dtype = autocast_dtype(self.s.amp, self.device, training=True)
+        self.dtype = training_autocast_dtype(self.s.amp, self.device)
         self.eval_dtype = autocast_dtype(self.s.amp, self.device, training=False)
         groups = [{"params": self.model.backbone.parameters(), "lr": self.s.backbone_lr},
                   {"params": self.model.head.parameters(), "lr": self.s.lr}]

@@ -98,7 +98,8 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--folds", type=int, nargs="+", default=None, help="run only these folds (default all)")
     a("--device", default="auto", help="auto, cpu or cuda[:N]")
     a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-      help="autocast: auto = bf16 on CUDA (fp16 if unsupported) and for CPU inference when the CPU has bf16")
+      help="autocast: auto = bf16 on CUDA (fp16 if unsupported), and on CPUs with native bf16 (AMX/AVX512-BF16) "
+           "for inference and finetune training; fp32 elsewhere")
     a("--workers", type=int, default=0, help="finetune: data-loading worker processes")
     a("--embed-batch", type=int, default=128, help="images per inference batch")
     a("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
