@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -29,6 +30,7 @@ from lib.core.bench import publish  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
+from lib.stages.bagging import bag_runs  # noqa: E402
 
 MATMUL_GFLOPS = {"fp32": 190, "bf16": 1150}  # torch matmul on this machine's 2 cores (DEVELOPERS.md)
 ENCODERS = {"imagenet": CONFIGS_DIR / "cnn_cpu.yaml", "ssl": CONFIGS_DIR / "cnn_cpu_ssl.yaml"}
@@ -107,41 +109,62 @@ def speed_lines(record: dict, ssl_dir: Path) -> list[str]:
             f"{peak} GFLOP/s is the peak of the precision used"]
 
 
-def main(argv=None) -> list[str]:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench_ssl_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
-        ssl_dir = encoder_run(args, runs_dir)
-        record = json.loads((ssl_dir / "encoder.json").read_text())
-        weights = ssl_dir / "encoder.pth"
-        clinical, cnn, blends = [], {}, {"pipeline, ImageNet": [], "pipeline, SSL": [], "clinical + SSL image-only": []}
-        for seed in args.seeds:
-            clin, morpho = clinical_run(args, runs_dir, seed, "clinical"), clinical_run(args, runs_dir, seed, "clinical+morpho")
-            clinical.append(clin)
-            for encoder in ENCODERS:
-                for head in args.heads:
-                    for fusion in (False, True):
-                        key = (encoder, head, fusion)
-                        cnn.setdefault(key, []).append(cnn_run(args, runs_dir, encoder, weights, head, fusion, seed))
-                        print(quality(f"{key} so far", cnn[key]), flush=True)
-            pick = {e: [cnn[(e, h, True)][-1]["run"] for h in ("mean", "attention") if (e, h, True) in cnn] for e in ENCODERS}
-            blends["pipeline, ImageNet"].append(blend(args, runs_dir, f"ssl_bench_blend_imagenet_s{seed}",
-                                                      [clin["run"], morpho["run"], *pick["imagenet"]]))
-            blends["pipeline, SSL"].append(blend(args, runs_dir, f"ssl_bench_blend_ssl_s{seed}",
-                                                 [clin["run"], morpho["run"], *pick["ssl"]]))
-            if ("ssl", "mean", False) in cnn:
-                blends["clinical + SSL image-only"].append(blend(args, runs_dir, f"ssl_bench_blend_clin_ssl_s{seed}",
-                                                                 [clin["run"], cnn[("ssl", "mean", False)][-1]["run"]]))
+def bagging_lines(clinical: list[dict], cnn: dict, runs_dir: Path) -> list[str]:
+    """Fold-seed bagging of the same runs: the OOF mean over the seeds of each patient, against single seeds."""
+    lines = []
+    variants = {"clinical": clinical, **{f"{e} {h} {'fusion' if f else 'image-only'}": r for (e, h, f), r in cnn.items()}}
+    for name, runs in variants.items():
+        if len(runs) < 2 or not Path(runs[0]["run"]).exists():
+            continue
+        bagged = bag_runs([r["run"] for r in runs], runs_dir / f"ssl_bench_bag_{name.replace(' ', '_')}")
+        single_auc = np.mean([r["pooled_auc"] for r in runs])
+        lines.append(f"- bagged over the {len(runs)} fold seeds, {name}: pooled AUC {bagged['pooled_auc']:.3f} "
+                     f"(single seeds {single_auc:.3f}), pooled BA {bagged['pooled_ba']:.3f} "
+                     f"(single seeds {np.mean([r['pooled_ba'] for r in runs]):.3f})")
+    return lines
+
+
+def run_all(args, runs_dir: Path) -> tuple[Path, list[dict], dict, dict]:
+    """Every run of the benchmark: (encoder run dir, clinical runs, CNN runs by variant, blends by name)."""
+    ssl_dir = encoder_run(args, runs_dir)
+    weights = ssl_dir / "encoder.pth"
+    clinical, cnn, blends = [], {}, {"pipeline, ImageNet": [], "pipeline, SSL": [], "clinical + SSL image-only": []}
+    for seed in args.seeds:
+        clin, morpho = clinical_run(args, runs_dir, seed, "clinical"), clinical_run(args, runs_dir, seed, "clinical+morpho")
+        clinical.append(clin)
+        for key in [(e, h, f) for e in ENCODERS for h in args.heads for f in (False, True)]:
+            cnn.setdefault(key, []).append(cnn_run(args, runs_dir, *key[:1], weights, *key[1:], seed))
+            print(quality(f"{key} so far", cnn[key]), flush=True)
+        pick = {e: [cnn[(e, h, True)][-1]["run"] for h in ("mean", "attention") if (e, h, True) in cnn] for e in ENCODERS}
+        for name, tag, runs in (("pipeline, ImageNet", "imagenet", [clin["run"], morpho["run"], *pick["imagenet"]]),
+                                ("pipeline, SSL", "ssl", [clin["run"], morpho["run"], *pick["ssl"]])):
+            blends[name].append(blend(args, runs_dir, f"ssl_bench_blend_{tag}_s{seed}", runs))
+        if ("ssl", "mean", False) in cnn:
+            blends["clinical + SSL image-only"].append(blend(args, runs_dir, f"ssl_bench_blend_clin_ssl_s{seed}",
+                                                             [clin["run"], cnn[("ssl", "mean", False)][-1]["run"]]))
+    return ssl_dir, clinical, cnn, blends
+
+
+def result_lines(args, runs_dir: Path, ssl_dir: Path, clinical: list[dict], cnn: dict, blends: dict) -> list[str]:
+    """The benchmark block's lines (read while the runs still exist)."""
+    record = json.loads((ssl_dir / "encoder.json").read_text())
     lines = [f"- data: {args.data_dir}; fold seeds {', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds "
              f"of the fold mean; embed regime, heavy views, 40 epochs (configs/cnn_cpu.yaml vs configs/cnn_cpu_ssl.yaml)",
-             *speed_lines(record, ssl_dir),
-             quality("clinical (baseline, same folds)", clinical)]
+             *speed_lines(record, ssl_dir), quality("clinical (baseline, same folds)", clinical)]
     for (encoder, head, fusion), runs in cnn.items():
         lines.append(quality(f"{encoder} frozen, {head} head, {'with clinical fusion' if fusion else 'image-only'}", runs))
     for name, nested in blends.items():
         if nested:
             values = [n["ba_mean"] for n in nested]
             lines.append(f"- blend {name} (honest nested BA): {mean_std(values)} (per seed {', '.join(f'{v:.3f}' for v in values)})")
+    return lines + bagging_lines(clinical, cnn, runs_dir)
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_ssl_") as tmp:
+        runs_dir = args.runs_dir or Path(tmp)
+        lines = result_lines(args, runs_dir, *run_all(args, runs_dir))
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
     publish("Self-supervised cell encoder vs frozen ImageNet, repeated CV", lines, __file__, argv,
             append=not args.no_append)
