@@ -14,7 +14,6 @@ finetune probe trains the backbone end to end for 2 epochs on fold 0 and reports
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -67,7 +67,7 @@ def result_lines(summary: dict, seconds: dict[str, list[float]], wall: float) ->
                           for s, v in sorted(seconds.items()))
     return [f"- study: {summary['trials_requested']} trials of the embed regime (cached embeddings), seeded TPE, "
             f"median pruner from the 2nd fold; {states}",
-            f"- objective: CV BA = mean over the 5 committed folds of the per-fold BA at 0.5",
+            "- objective: CV BA = mean over the 5 committed folds of the per-fold BA at 0.5",
             f"- best: trial {best['number']}, CV BA {best['value']:.4f} ({params})",
             f"- top-{top['k']} CV BA: {top['mean']:.4f}±{top['std']:.4f} (mean±std); "
             f"values {', '.join(f'{v:.4f}' for v in top['values'])}",

@@ -17,3 +17,25 @@ def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
     assert "The submitted test patients" in (report / "index.html").read_text()
     html = (report / "index.html").read_text()
     assert all(p.stat().st_size > 1000 and p.name in html for p in report.glob("*.png"))
+
+
+def test_pipeline_with_fold_seed_bagging(demo_pipeline, tmp_path):
+    """--fold-seeds: the models run on each split, are averaged per patient, and the blend uses the averages."""
+    import yaml
+
+    import pipeline
+    from conftest import TINY_CNN
+    data, _, _, _ = demo_pipeline
+    config = tmp_path / "cnn_tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_CNN))
+    out = tmp_path / "submission.csv"
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+                             "--cnn-config", str(config), "--trials", "4", "--fold-seeds", "42", "43",
+                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
+    assert "bag" in seconds and "clinical_s43" in seconds and out.exists()
+    bagged = next((tmp_path / "runs").glob("*_bag42-43"))
+    singles = [pd.read_csv(next((tmp_path / "runs").glob(f"*_s{s}")) / "cnn" / "oof.csv").set_index("ID") for s in (42, 43)]
+    oof = pd.read_csv(bagged / "cnn" / "oof.csv").set_index("ID")
+    pd.testing.assert_series_equal(oof["proba"], ((singles[0]["proba"] + singles[1]["proba"]) / 2).loc[oof.index],
+                                   check_names=False)
+    assert (bagged / "ensemble" / "best_params.json").exists()

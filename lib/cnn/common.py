@@ -147,3 +147,35 @@ def score_bag(head: torch.nn.Module, x: torch.Tensor, clinical: torch.Tensor | N
     weights.index_add_(0, flat_idx, out["weights"].detach().double().cpu().flatten())
     counts.index_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=torch.float64))
     return prob, (weights / counts.clamp_min(1)).numpy()
+
+
+def optimizer_step(loss: torch.Tensor, trainer, clip: float) -> float:
+    """Backward, unscale, clip the gradient norm, step optimiser, scaler and LR schedule; returns the loss.
+
+    ``trainer`` holds ``model``, ``optimizer``, ``scaler`` (a GradScaler, active for fp16 only) and ``scheduler``.
+    """
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), clip)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    return float(loss.item())
+
+
+def save_training_state(trainer, epoch: int, history: list[dict], path) -> None:
+    """Atomically write what resuming after ``epoch`` needs: model, optimiser, schedule, scaler, RNG states."""
+    from lib.core.io import atomic_torch_save
+    atomic_torch_save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                       "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+                       "epoch": epoch, "history": history, "rng": rng_states()}, path)
+
+
+def load_training_state(trainer, path) -> tuple[int, list[dict]]:
+    """Restore what ``save_training_state`` wrote; returns (next epoch, history so far)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    for name in ("model", "optimizer", "scheduler", "scaler"):
+        getattr(trainer, name).load_state_dict(state[name])
+    set_rng_states(state["rng"])
+    return state["epoch"] + 1, state["history"]

@@ -12,7 +12,6 @@ GradScaler) and channels_last.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from lib.core.progress import tqdm
 
-from lib.core.io import atomic_torch_save
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
 from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
@@ -32,7 +30,7 @@ from lib.cnn.device import autocast_dtype, training_autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
-from lib.cnn.common import (FoldResult, batches, rng_states, set_rng_states, cell_table, class_weights, clinical_stats,
+from lib.cnn.common import (FoldResult, batches, load_training_state, optimizer_step, save_training_state, cell_table, class_weights, clinical_stats,
                                  cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
                                  score_bag, seed_everything, standardise_clinical, weighted_bce)
 
@@ -129,15 +127,7 @@ class Trainer:
         weights = torch.tensor([weight_of[int(t)] for t in target.tolist()], device=self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             out = self.model(images, sizes, self.clinical_of(pids))
-        loss = weighted_bce(out["logit"], target, weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return float(loss.item())
+        return optimizer_step(weighted_bce(out["logit"], target, weights), self, GRAD_CLIP)
 
     def train_epoch(self, train_ids: list[str], epoch: int, weight_of: dict) -> dict:
         """One pass over the training patients; returns the log row."""
@@ -177,24 +167,11 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(trainer: Trainer, epoch: int, history: list[dict], path: Path) -> None:
-    """Atomically write the state needed to resume after ``epoch``."""
-    state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-             "epoch": epoch, "history": history, "rng": rng_states()}
-    atomic_torch_save(state, path)
-
-
 def load_checkpoint(trainer: Trainer, path: Path) -> tuple[int, list[dict]]:
     """Restore a checkpoint; returns (next epoch, history so far)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scaler.load_state_dict(state["scaler"])
-    set_rng_states(state["rng"])
-    log.info("fold %d: resuming from %s after epoch %d", trainer.fold, path, state["epoch"])
-    return state["epoch"] + 1, state["history"]
+    first, history = load_training_state(trainer, path)
+    log.info("fold %d: resuming from %s after epoch %d", trainer.fold, path, first - 1)
+    return first, history
 
 
 def after_epoch(fold: int, epoch: int) -> None:
@@ -210,7 +187,7 @@ def fit(trainer: Trainer, train_ids: list[str], fold_dir: Path) -> pd.DataFrame:
     for epoch in tqdm(range(first, s.epochs), desc=f"fold {trainer.fold} finetune", unit="epoch",
                       initial=first, total=s.epochs, disable=not s.progress):
         history.append(trainer.train_epoch(train_ids, epoch, weight_of))
-        save_checkpoint(trainer, epoch, history, last)
+        save_training_state(trainer, epoch, history, last)
         log.info("fold %d epoch %d: loss %.4f (%.1f s)", trainer.fold, epoch, history[-1]["train_loss"],
                  history[-1]["seconds"])
         after_epoch(trainer.fold, epoch)

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.cnn.augment import apply_batch, create_contrastive_transform
-from lib.cnn.common import cosine_schedule, fold_seed, rng_states, seed_everything, set_rng_states
+from lib.cnn.common import (cosine_schedule, fold_seed, load_training_state, optimizer_step, save_training_state,
+                            seed_everything)
 from lib.core.errors import DataError
-from lib.core.io import atomic_torch_save
 from lib.core.progress import tqdm
 from lib.data.images import ImageCache
 
@@ -118,15 +118,7 @@ class Pretrainer:
         x1, x2 = self.views(rows)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             z = self.model(torch.cat([x1, x2]))
-        loss = nt_xent(*z.float().chunk(2), self.s.temperature)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return float(loss.item())
+        return optimizer_step(nt_xent(*z.float().chunk(2), self.s.temperature), self, GRAD_CLIP)
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the cells; returns the log row (epoch, loss, lr, seconds, img/s)."""
@@ -144,23 +136,11 @@ class Pretrainer:
                 "img_per_s": 2 * self.s.batch_size * len(batches) / seconds}
 
 
-def save_checkpoint(trainer: Pretrainer, epoch: int, history: list[dict], path: Path) -> None:
-    """Atomically write what resuming after ``epoch`` needs."""
-    atomic_torch_save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                       "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-                       "epoch": epoch, "history": history, "rng": rng_states()}, path)
-
-
 def load_checkpoint(trainer: Pretrainer, path: Path) -> tuple[int, list[dict]]:
     """Restore a checkpoint; returns (next epoch, history so far)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.scaler.load_state_dict(state["scaler"])
-    set_rng_states(state["rng"])
-    log.info("resuming pretraining from %s after epoch %d", path, state["epoch"])
-    return state["epoch"] + 1, state["history"]
+    first, history = load_training_state(trainer, path)
+    log.info("resuming pretraining from %s after epoch %d", path, first - 1)
+    return first, history
 
 
 def after_epoch(epoch: int) -> None:
@@ -176,7 +156,7 @@ def pretrain(trainer: Pretrainer, last: Path) -> pd.DataFrame:
     for epoch in tqdm(range(first, s.epochs), desc="pretrain", unit="epoch", initial=first, total=s.epochs,
                       disable=not s.progress):
         history.append(trainer.train_epoch(epoch))
-        save_checkpoint(trainer, epoch, history, last)
+        save_training_state(trainer, epoch, history, last)
         row = history[-1]
         log.info("epoch %d: NT-Xent %.4f, lr %.2e, %.0f s (%.0f img/s)", epoch, row["loss"], row["lr"],
                  row["seconds"], row["img_per_s"])

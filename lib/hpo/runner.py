@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

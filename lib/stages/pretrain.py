@@ -20,7 +20,7 @@ import torch
 
 from lib.cnn.device import resolve_device, training_autocast_dtype
 from lib.cnn.embedding import precision_name
-from lib.cnn.pretrain import SCOPES, PretrainSettings, build_pretrainer, encoder_record_path, pretrain, scope_rows
+from lib.cnn.pretrain import SCOPES, PretrainSettings, build_pretrainer, encoder_record_path, pretrain
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.core.plots import pyplot, save_figure
