@@ -70,7 +70,12 @@ def test_clinical_model_fits_only_on_the_training_patients(cohort, tmp_path, mon
     def spying_make(*args):
         model = real_make(*args)
         real_fit = model.fit
-        model.fit = lambda X, y: fitted_on.append(set(X.index)) or real_fit(X, y)
+
+        def fit(X, y):
+            fitted_on.append(set(X.index))
+            del model.fit  # the fitted model is pickled as the fold's model: no spy left on it
+            return real_fit(X, y)
+        model.fit = fit
         return model
 
     monkeypatch.setattr(clinical_model, "make_model", spying_make)
