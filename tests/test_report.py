@@ -96,9 +96,12 @@ def test_report_writes_every_file(data_dir, tmp_path):
     montages = sorted(p.name for p in out.glob("patient_*.png"))
     # most confident correct tumoral P7 (0.925), reactive P2 (0.15), misclassified P0 and P11
     assert montages == ["patient_P0.png", "patient_P11.png", "patient_P2.png", "patient_P7.png"]
-    for name in QUALITY + montages:
+    scored = sorted(p.name for p in out.glob("scored_*.png"))  # the submitted test patients' section
+    assert "scored_distribution.png" in scored and len(scored) > 1
+    for name in QUALITY + montages + scored:
         assert (out / name).stat().st_size > 1000, name
-    assert sorted(pngs_linked(html)) == sorted(QUALITY + montages)
+    assert sorted(pngs_linked(html)) == sorted(QUALITY + montages + scored)
+    assert "The submitted test patients" in html and "closest to the threshold" in html
     assert all(not Path(src).is_absolute() for src in pngs_linked(html))
     for text in ("<table", "clinical", "cnn", "blend", "0.700±0.100", "misclassified (false tumoral)"):
         assert text in html, text
@@ -114,8 +117,8 @@ def test_report_caps_misclassified_and_takes_data_dir(data_dir, tmp_path):
 
 def test_report_without_cells_skips_montages(data_dir, tmp_path):
     out, html = run_report(tmp_path, data_dir, with_cells=False)
-    assert not list(out.glob("patient_*.png"))
-    assert sorted(pngs_linked(html)) == sorted(QUALITY)
+    assert not list(out.glob("patient_*.png")) and not list(out.glob("scored_T*.png"))
+    assert sorted(pngs_linked(html)) == sorted(QUALITY + ["scored_distribution.png"])  # scores, but no cells
     assert "No CNN run" in html
     assert all((out / name).stat().st_size > 1000 for name in QUALITY)
 

@@ -86,9 +86,10 @@ def _read_tables(root: Path, scoring_only: bool = False) -> tuple[str, pd.DataFr
     test_csv = root / "testset" / "testset_data.csv"
     annotation_csv = root / "clinical_annotation.csv"
     if train_csv.exists() or test_csv.exists():
-        parts = [_read_csv(test_csv).assign(split="test")]
+        parts = []
         if train_csv.exists() or not scoring_only:
-            parts.insert(0, _read_csv(train_csv, allow_empty=scoring_only).assign(split="train"))
+            parts.append(_read_csv(train_csv, allow_empty=scoring_only).assign(split="train"))
+        parts.append(_read_csv(test_csv).assign(split="test"))
         return "2024", pd.concat(parts, ignore_index=True)
     if annotation_csv.exists():
         table = _read_csv(annotation_csv)
