@@ -5,7 +5,9 @@ preset) -> CNN (attention head on the same cached embeddings, whose cell weights
 ensemble -> report -> submission. Re-running it resumes: finished folds and trials are kept.
 With ``--fold-seeds 42 43 44`` the model stages run on each committed split, each model's OOF and test
 predictions are averaged over the splits (fold-seed bagging, lib/stages/bagging.py) and the ensemble,
-report and submission use the averages (runs/<dataset>_bag42-43-44/).
+report and submission use the averages (runs/<dataset>_bag42-43-44/). With ``--pretrain-config
+configs/pretrain_cpu.yaml`` a self-supervised cell encoder is learnt first (runs/<dataset>_ssl/, label-free,
+shared by the fold seeds) and the CNN stages embed the cells with it (configs/cnn_cpu_ssl.yaml).
 """
 import argparse
 import subprocess
@@ -35,24 +37,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--folds-dir", type=Path, default=FOLDS_DIR, help="where the fold files are")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="decoded-image, weights, embedding and "
                         "morphometry caches")
-    parser.add_argument("--cnn-config", default="configs/cnn_cpu.yaml", help="train_cnn.py preset")
+    parser.add_argument("--cnn-config", default=None,
+                        help="train_cnn.py preset (default configs/cnn_cpu.yaml; with --pretrain-config "
+                             "configs/cnn_cpu_ssl.yaml)")
+    parser.add_argument("--pretrain-config", default=None,
+                        help="first learn a self-supervised cell encoder with pretrain_cnn.py and this preset (e.g. "
+                             "configs/pretrain_cpu.yaml, ~25 min on the shared data), then embed the cells with it")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
     return parser.parse_args(argv)
 
 
-def model_stages(data_dir: Path, tag: str, seed: int, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(name, script + arguments) of the stages up to the models, on the folds of one seed."""
+def pretrain_stage(data_dir: Path, name: str, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The label-free encoder of the data directory, shared by every fold seed: runs/<dataset>_ssl/."""
+    return ("pretrain", ["pretrain_cnn.py", "-c", args.pretrain_config, "--data-dir", str(data_dir), "--runs-dir",
+                         str(args.runs_dir), "--cache-dir", str(args.cache_dir), "--experiment", f"{name}_ssl",
+                         "--resume"])
+
+
+def encoder_weights(name: str, args: argparse.Namespace) -> list[str]:
+    """train_cnn.py's --weights of the pretrained encoder (none without --pretrain-config)."""
+    return ["--weights", str(args.runs_dir / f"{name}_ssl" / "encoder.pth")] if args.pretrain_config else []
+
+
+def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(name, script + arguments) of the stages up to the models, on the folds of one seed (runs/<name>_s<seed>/)."""
+    tag = f"{name}_s{seed}"
     data = ["--data-dir", str(data_dir)]
     folds = ["--fold-seed", str(seed), "--folds-dir", str(args.folds_dir)]
     common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
+    cnn = ["train_cnn.py", "-c", args.cnn_config, *common, *encoder_weights(name, args)]
     run = {name: f"{tag}/{name}" for name in MODELS}
     return [
         ("prepare", ["prepare_data.py", *data, *folds]),
         ("clinical", ["train_clinical.py", *common, "--experiment", run["clinical"]]),
         ("morpho", ["train_clinical.py", *common, "--feature-set", "clinical+morpho", "--experiment", run["morpho"]]),
-        ("cnn", ["train_cnn.py", "-c", args.cnn_config, *common, "--experiment", run["cnn"]]),
-        ("cnn_attention", ["train_cnn.py", "-c", args.cnn_config, *common, "--head", "attention",
-                           "--experiment", run["cnn_attention"]]),
+        ("cnn", [*cnn, "--experiment", run["cnn"]]),
+        ("cnn_attention", [*cnn, "--head", "attention", "--experiment", run["cnn_attention"]]),
     ]
 
 
@@ -98,8 +118,11 @@ def main(argv=None) -> dict[str, float]:
     data_dir = resolve_data_dir(args.data_dir)
     name, seeds = load_dataset(data_dir).name, args.fold_seeds or [args.fold_seed]
     start, seconds = time.perf_counter(), {}
+    args.cnn_config = args.cnn_config or ("configs/cnn_cpu_ssl.yaml" if args.pretrain_config else "configs/cnn_cpu.yaml")
+    if args.pretrain_config:
+        run_stage(*pretrain_stage(data_dir, name, args), seconds)
     for seed in seeds:
-        for stage, command in model_stages(data_dir, f"{name}_s{seed}", seed, args):
+        for stage, command in model_stages(data_dir, name, seed, args):
             run_stage(stage if len(seeds) == 1 else f"{stage}_s{seed}", command, seconds)
     tag = f"{name}_s{seeds[0]}" if len(seeds) == 1 else bag_models(name, seeds, args, seconds)
     for stage, command in blend_stages(data_dir, tag, args):

@@ -39,3 +39,24 @@ def test_pipeline_with_fold_seed_bagging(demo_pipeline, tmp_path):
     pd.testing.assert_series_equal(oof["proba"], ((singles[0]["proba"] + singles[1]["proba"]) / 2).loc[oof.index],
                                    check_names=False)
     assert (bagged / "ensemble" / "best_params.json").exists()
+
+
+def test_pipeline_with_a_pretrained_encoder(demo_pipeline, tmp_path):
+    """--pretrain-config: the label-free encoder is learnt once, then the CNN stages embed with it."""
+    import yaml
+
+    import pipeline
+    from conftest import TINY_CNN
+    data, _, _, _ = demo_pipeline
+    pretrain = {"backbone": "test_efficientnet", "crop": 32, "input_size": 32, "epochs": 1, "batch_size": 32,
+                "hidden_dim": 16, "proj_dim": 8, "device": "cpu"}
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(TINY_CNN))
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out",
+                             str(tmp_path / "submission.csv"), "--cnn-config", str(tmp_path / "cnn.yaml"),
+                             "--pretrain-config", str(tmp_path / "pretrain.yaml"), "--trials", "4",
+                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
+    assert list(seconds)[:2] == ["pretrain", "prepare"]
+    encoder = next((tmp_path / "runs").glob("*_ssl")) / "encoder.pth"
+    config = yaml.safe_load((next((tmp_path / "runs").glob("*_s42")) / "cnn" / "config.yaml").read_text())
+    assert config["weights"] == str(encoder) and (tmp_path / "submission.csv").exists()
