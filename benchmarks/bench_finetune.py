@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ensemble  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import publish  # noqa: E402
+from lib.core.bench import publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 
@@ -82,11 +82,6 @@ def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> float:
     return result["metrics"]["nested"]["ba_mean"]
 
 
-def quality(name: str, runs: list[dict]) -> str:
-    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
-    return f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
-
-
 def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
     """Fine-tune runs by variant, reference runs by label, blends (without / with the preset).
 
@@ -95,7 +90,7 @@ def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
     tuned, reference, blends = {PRESET: []}, {}, {"without the fine-tuned CNN": [], "with the fine-tuned CNN": []}
     for seed in args.seeds:
         tuned[PRESET].append(finetune_run(args, runs_dir, PRESET, seed))
-        print(quality(f"{PRESET} so far", tuned[PRESET]), flush=True)
+        print(quality_line(f"{PRESET} so far", tuned[PRESET]), flush=True)
         ref = reference_metrics(args, seed)
         for label, value in ref.items():
             reference.setdefault(label, []).append(value)
@@ -105,7 +100,7 @@ def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
                                                        [*base, tuned[PRESET][-1]["run"]]))
     for variant in args.variants:
         tuned[variant] = [finetune_run(args, runs_dir, variant, args.probe_seed)]
-        print(quality(f"{variant}", tuned[variant]), flush=True)
+        print(quality_line(f"{variant}", tuned[variant]), flush=True)
     return tuned, reference, blends
 
 
@@ -117,8 +112,8 @@ def result_lines(args, tuned: dict, reference: dict, blends: dict) -> list[str]:
              f"- preset: configs/cnn_cpu_finetune.yaml initialised from {args.encoder / 'encoder.pth'} (SimCLR "
              f"ResNet-10-T), 20 epochs of 8 bags x 16 cells, heavy on-line albumentations, instance_bn head, bf16 "
              f"autocast, 2 TTA views at scoring",
-             *(quality(f"reference: {label} (bench_ssl runs, same folds)", runs) for label, runs in reference.items()),
-             *(quality(f"finetune {variant}", runs) for variant, runs in tuned.items())]
+             *(quality_line(f"reference: {label} (bench_ssl runs, same folds)", runs) for label, runs in reference.items()),
+             *(quality_line(f"finetune {variant}", runs) for variant, runs in tuned.items())]
     for name, values in blends.items():
         lines.append(f"- blend clinical + morpho + ImageNet embed CNNs, {name} (honest nested BA): {mean_std(values)} "
                      f"(per seed {', '.join(f'{v:.3f}' for v in values)})")

@@ -26,7 +26,7 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import publish  # noqa: E402
+from lib.core.bench import publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
@@ -81,11 +81,6 @@ def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> dict:
     return result["metrics"]["nested"]
 
 
-def quality(name: str, runs: list[dict]) -> str:
-    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
-    return f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
-
-
 def train_gflop_per_image(record: dict) -> float:
     """Forward FLOPs of the encoder at its input size x 3 (forward + backward), in GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -134,7 +129,7 @@ def run_all(args, runs_dir: Path) -> tuple[Path, list[dict], dict, dict]:
         clinical.append(clin)
         for key in [(e, h, f) for e in ENCODERS for h in args.heads for f in (False, True)]:
             cnn.setdefault(key, []).append(cnn_run(args, runs_dir, *key[:1], weights, *key[1:], seed))
-            print(quality(f"{key} so far", cnn[key]), flush=True)
+            print(quality_line(f"{key} so far", cnn[key]), flush=True)
         pick = {e: [cnn[(e, h, True)][-1]["run"] for h in ("mean", "attention") if (e, h, True) in cnn] for e in ENCODERS}
         for name, tag, runs in (("pipeline, ImageNet", "imagenet", [clin["run"], morpho["run"], *pick["imagenet"]]),
                                 ("pipeline, SSL", "ssl", [clin["run"], morpho["run"], *pick["ssl"]])):
@@ -150,9 +145,9 @@ def result_lines(args, runs_dir: Path, ssl_dir: Path, clinical: list[dict], cnn:
     record = json.loads((ssl_dir / "encoder.json").read_text())
     lines = [f"- data: {args.data_dir}; fold seeds {', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds "
              f"of the fold mean; embed regime, heavy views, 40 epochs (configs/cnn_cpu.yaml vs configs/cnn_cpu_ssl.yaml)",
-             *speed_lines(record, ssl_dir), quality("clinical (baseline, same folds)", clinical)]
+             *speed_lines(record, ssl_dir), quality_line("clinical (baseline, same folds)", clinical)]
     for (encoder, head, fusion), runs in cnn.items():
-        lines.append(quality(f"{encoder} frozen, {head} head, {'with clinical fusion' if fusion else 'image-only'}", runs))
+        lines.append(quality_line(f"{encoder} frozen, {head} head, {'with clinical fusion' if fusion else 'image-only'}", runs))
     for name, nested in blends.items():
         if nested:
             values = [n["ba_mean"] for n in nested]

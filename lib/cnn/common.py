@@ -112,8 +112,13 @@ def clinical_stats(table: pd.DataFrame, train_ids) -> dict[str, pd.Series]:
 
 def standardise_clinical(table: pd.DataFrame, train_ids) -> pd.DataFrame:
     """Z-score clinical columns with the mean/std of the training patients only."""
-    stats = clinical_stats(table, train_ids)
-    return (table - stats["mean"]) / stats["std"]
+    return apply_clinical_stats(table, clinical_stats(table, train_ids))
+
+
+def apply_clinical_stats(table: pd.DataFrame, stats: dict) -> pd.DataFrame:
+    """Z-score clinical columns with given stats ({"mean", "std"}: Series or the dicts a checkpoint holds)."""
+    mean, std = (pd.Series(stats[k]) for k in ("mean", "std"))
+    return (table - mean) / std
 
 
 def patient_rng(seed: int, fold: int, pid: str) -> np.random.Generator:

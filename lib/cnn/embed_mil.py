@@ -24,9 +24,9 @@ from lib.data.dataset import Dataset
 from lib.cnn.embedding import Embeddings
 from lib.cnn.settings import HeadSettings, clinical_inputs
 from lib.models import anomaly_scores, create_head, fit_anomaly_model
-from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_stats,
+from lib.cnn.common import (FoldResult, apply_clinical_stats, batches, cell_table, class_weights, clinical_stats,
                                  cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
-                                 score_bag, seed_everything, standardise_clinical, weighted_bce)
+                                 score_bag, seed_everything, weighted_bce)
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,29 @@ def prepare_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, 
     """Fit the fold's preprocessing on training patients and build every patient's tensors."""
     raw = {pid: emb.stack(pid, emb.spec.train_views) for pid in train_ids}
     raw.update({pid: emb.stack(pid, emb.spec.eval_views) for pid in score_ids})
-    prep = fit_prep(np.concatenate([raw[pid][0] for pid in train_ids]), s.pca, seed)
-    x = {pid: torch.from_numpy(prep(a)) for pid, a in raw.items()}
-    anomaly, fitted = None, {"prep": prep}
+    fitted = {"prep": fit_prep(np.concatenate([raw[pid][0] for pid in train_ids]), s.pca, seed)}
     if with_anomaly:
-        model = fitted["anomaly_model"] = fit_anomaly_model(reactive_train_cells(emb, dataset, train_ids), seed=seed)
+        fitted["anomaly_model"] = fit_anomaly_model(reactive_train_cells(emb, dataset, train_ids), seed=seed)
+    if s.clinical_fusion:
+        features = dataset.patients[CLINICAL_FEATURES].astype(float)
+        fitted["clinical_stats"] = {k: v.to_dict() for k, v in clinical_stats(features, train_ids).items()}
+    return FoldData(*fitted_tensors(raw, fitted, dataset), dataset.patients["LABEL"], fitted)
+
+
+def fitted_tensors(raw: dict[str, np.ndarray], fitted: dict, dataset: Dataset) -> tuple[dict, dict | None, dict | None]:
+    """Per patient (views, cells, dim) features, anomaly scores and clinical vector, with a fold's fitted parts
+    (``prep``, optional ``anomaly_model`` and ``clinical_stats``; a head.pt holds the same keys)."""
+    x = {pid: torch.from_numpy(fitted["prep"](a)) for pid, a in raw.items()}
+    anomaly = None
+    if "anomaly_model" in fitted:
+        model = fitted["anomaly_model"]
         anomaly = {pid: torch.from_numpy(anomaly_scores(model, a.reshape(-1, a.shape[-1])).reshape(a.shape[:2]))
                    for pid, a in raw.items()}
     clinical = None
-    if s.clinical_fusion:
-        features = dataset.patients[CLINICAL_FEATURES].astype(float)
-        table = standardise_clinical(features, train_ids)
+    if "clinical_stats" in fitted:
+        table = apply_clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), fitted["clinical_stats"])
         clinical = {pid: torch.tensor(table.loc[pid].to_numpy(), dtype=torch.float32) for pid in raw}
-        fitted["clinical_stats"] = {k: v.to_dict() for k, v in clinical_stats(features, train_ids).items()}
-    return FoldData(x, anomaly, clinical, dataset.patients["LABEL"], fitted)
+    return x, anomaly, clinical
 
 
 def training_batch(data: FoldData, pids: list[str], bag_size: int, rng: np.random.Generator) -> dict:
@@ -197,17 +206,7 @@ def head_from_state(state: dict) -> torch.nn.Module:
 def fold_data_from_state(state: dict, emb: Embeddings, dataset: Dataset, pids) -> FoldData:
     """Scoring tensors of some patients with a trained fold's fitted preprocessing (no refitting)."""
     raw = {pid: emb.stack(pid, emb.spec.eval_views) for pid in pids}
-    x = {pid: torch.from_numpy(state["prep"](a)) for pid, a in raw.items()}
-    anomaly = None
-    if "anomaly_model" in state:
-        anomaly = {pid: torch.from_numpy(anomaly_scores(state["anomaly_model"], a.reshape(-1, a.shape[-1]))
-                                         .reshape(a.shape[:2])) for pid, a in raw.items()}
-    clinical = None
-    if "clinical_stats" in state:
-        stats = {k: pd.Series(v) for k, v in state["clinical_stats"].items()}
-        table = (dataset.patients[CLINICAL_FEATURES].astype(float) - stats["mean"]) / stats["std"]
-        clinical = {pid: torch.tensor(table.loc[pid].to_numpy(), dtype=torch.float32) for pid in raw}
-    return FoldData(x, anomaly, clinical, dataset.patients["LABEL"], state)
+    return FoldData(*fitted_tensors(raw, state, dataset), dataset.patients["LABEL"], state)
 
 
 def predict_fold(state: dict, emb: Embeddings, dataset: Dataset, s: HeadSettings, pids,

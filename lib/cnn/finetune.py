@@ -30,9 +30,9 @@ from lib.cnn.device import autocast_dtype, training_autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
-from lib.cnn.common import (FoldResult, batches, load_training_state, optimizer_step, save_training_state, cell_table, class_weights, clinical_stats,
-                                 cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
-                                 score_bag, seed_everything, standardise_clinical, weighted_bce)
+from lib.cnn.common import (FoldResult, apply_clinical_stats, batches, cell_table, class_weights, clinical_stats,
+                            cosine_schedule, eval_subsets, fold_seed, load_training_state, optimizer_step, pad_bags,
+                            patient_rng, sample_cells, save_training_state, score_bag, seed_everything, weighted_bce)
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,9 @@ def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dat
     clinical, state = None, {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
     if s.clinical_fusion:
         features = dataset.patients[CLINICAL_FEATURES].astype(float)
-        clinical = standardise_clinical(features, list(train_ids))
-        state["clinical_stats"] = {k: v.to_dict() for k, v in clinical_stats(features, train_ids).items()}
+        stats = clinical_stats(features, train_ids)
+        clinical = apply_clinical_stats(features, stats)
+        state["clinical_stats"] = {k: v.to_dict() for k, v in stats.items()}
     model = model.to(device, memory_format=torch.channels_last)
     trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"], clinical, s, device, fold)
     history = fit(trainer, sorted(train_ids), fold_dir)

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from lib.core.io import atomic_write_text
+from lib.core.metrics import mean_std
 from lib.core.paths import REPO_DIR
 from lib.core.runs import code_version
 
@@ -69,6 +70,12 @@ def publish(title: str, lines: list[str], script: str, argv: list[str] | None, a
         args = sys.argv[1:] if argv is None else argv
         command = " ".join(["python", f"benchmarks/{Path(script).name}", *args])
         print(f"appended to {append_benchmark(title, command, lines)}")
+
+
+def quality_line(name: str, runs: list[dict]) -> str:
+    """'- name: BA m±s, AUC m±s (per seed BA ...)' from the metrics.json of one run per fold seed."""
+    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
+    return f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
 
 
 # ----------------------------------------------------------------------------- CNN throughput figures

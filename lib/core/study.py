@@ -75,8 +75,7 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Record the owner of the trial, then let its TPE prepare."""
-        if not isinstance(study._storage, optuna.storages.InMemoryStorage):
-            study.set_user_attr(worker_key(trial.number), worker_id())
+        study.set_user_attr(worker_key(trial.number), worker_id())
         self._tpe(trial).before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values) -> None:

@@ -213,10 +213,15 @@ def write_outputs(run_dir: Path, n_folds: int) -> None:
         atomic_write_csv(merge_cells(cells), Path(run_dir) / "cells.csv")
 
 
+def mean_weights(cells: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's weight (ID, path, weight) averaged over the fold models that scored it."""
+    return cells.groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean()
+
+
 def merge_cells(cells: pd.DataFrame) -> pd.DataFrame:
     """OOF cell weights as they are (one fold each), test cell weights averaged over folds."""
     valid = cells[cells["role"] == "valid"].assign(split="train")
-    test = cells[cells["role"] == "test"].groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean()
+    test = mean_weights(cells[cells["role"] == "test"])
     merged = pd.concat([valid[["ID", "path", "weight", "split"]], test.assign(split="test")], ignore_index=True)
     return merged[["ID", "split", "path", "weight"]]
 

@@ -25,6 +25,7 @@ from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.settings import head_settings
 from lib.core.errors import DataError
+from lib.core.runs import test_table
 from lib.data.dataset import Dataset
 from lib.features.tables import feature_table
 from lib.fusion.fuse import FusionParams, fuse
@@ -33,7 +34,7 @@ from lib.models import clinical as estimator
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 from lib.stages.bagging import bagged_sources
 from lib.stages.clinical import model_path
-from lib.stages.cnn import check_crop, fold_dir
+from lib.stages.cnn import check_crop, fold_dir, mean_weights
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def n_folds_of(run_dir: Path) -> int:
 
 
 def fold_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
-    """Per-fold probabilities and their mean as ``proba`` (the layout of a run's test.csv)."""
-    table = pd.DataFrame({f"fold_{k}": p for k, p in sorted(per_fold.items())})
-    return table.assign(proba=table.mean(axis=1))
+    """Per-fold probabilities and their mean as ``proba``, indexed by ID (a run's test.csv, lib.core.runs)."""
+    return test_table(per_fold).set_index("ID")
+
 
 
 def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path) -> pd.DataFrame:
@@ -98,8 +99,7 @@ def predict_embed(run_dir: Path, config: dict, dataset: Dataset, pids: list[str]
     for k, state in enumerate(states):
         per_fold[k], fold_cells = embed_mil.predict_fold(state, emb, dataset, settings, pids, k)
         cells.append(fold_cells)
-    weights = pd.concat(cells).groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean()
-    return fold_table(per_fold), weights
+    return fold_table(per_fold), mean_weights(pd.concat(cells))
 
 
 def run_kind(run_dir: Path, config: dict) -> str:
@@ -138,8 +138,7 @@ def predict_bagged(sources: list[Path], dataset: Dataset, pids: list[str], cache
         cells += [weights] if weights is not None else []
     table = pd.concat(tables, axis=1)
     table["proba"] = table.mean(axis=1)
-    weights = pd.concat(cells).groupby(["ID", "path"], sort=False, as_index=False)["weight"].mean() if cells else None
-    return table, weights
+    return table, mean_weights(pd.concat(cells)) if cells else None
 
 
 def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,

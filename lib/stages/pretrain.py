@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     record_path = encoder_record_path(run_dir / ENCODER)
     if record_path.exists():
         log.info("%s: already done, nothing to train", record_path)
-        return pd.read_json(record_path, typ="series").to_dict()
+        return json.loads(record_path.read_text())
     cache = load_image_cache(dataset, args.crop, args.cache_dir, progress=args.progress)
     dtype = training_autocast_dtype(args.amp, device)
     trainer = build_pretrainer(backbone, cache, data_config, pretrain_settings(args), device, dtype)

@@ -79,17 +79,22 @@ def load_data(data_dir: Path | None, saved: dict) -> Dataset | None:
 
 
 def cnn_run(ensemble: EnsembleRun) -> str | None:
-    """The fused run with per-cell weights (cells.csv), preferring weights that differ between cells (not
-    mean pooling), then the largest fusion weight; None when no run has cells.csv."""
+    """The fused run whose cells.csv the montages show (see ``choose_cell_model``); None when no run has one."""
     paths = dict(zip(ensemble.runs.names, ensemble.runs.paths))
-    with_cells = [n for n in ensemble.runs.names if (paths[n] / "cells.csv").exists()]
-    return max(with_cells, default=None,
-               key=lambda n: (informative_weights(paths[n] / "cells.csv"), ensemble.params.weights.get(n, 0.0)))
+    cells = {n: pd.read_csv(paths[n] / "cells.csv", usecols=["ID", "weight"], dtype={"ID": str})
+             for n in ensemble.runs.names if (paths[n] / "cells.csv").exists()}
+    return choose_cell_model(cells, ensemble.params.weights)
 
 
-def informative_weights(path: Path) -> bool:
-    """Whether a cells.csv gives some patient's cells different weights."""
-    cells = pd.read_csv(path, usecols=["ID", "weight"], dtype={"ID": str})
+def choose_cell_model(cells_by_run: dict[str, pd.DataFrame], fusion_weights: dict[str, float]) -> str | None:
+    """The run with cell weights to show: weights that differ between cells first (not mean pooling), then
+    the largest fusion weight; None without any."""
+    return max(cells_by_run, default=None,
+               key=lambda n: (informative_weights(cells_by_run[n]), fusion_weights.get(n, 0.0)))
+
+
+def informative_weights(cells: pd.DataFrame) -> bool:
+    """Whether some patient's cells got different weights."""
     spread = cells.groupby("ID")["weight"].agg(lambda w: w.max() - w.min())
     return bool((spread > 1e-12).any())
 

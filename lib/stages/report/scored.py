@@ -11,6 +11,7 @@ from lib.core.plots import pyplot, save_figure
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
 from lib.stages.report.html import Figure, render_page, write_page
+from lib.stages.report.inputs import choose_cell_model
 from lib.stages.report.montage import clinical_lines, extreme_cells, montage_figure, resolve_cell_path, uniform_note
 
 SCORED_PREFIX = "scored_"
@@ -84,17 +85,6 @@ def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | No
         if figure is None:
             notes.append(f"Patient {pid}: no cell weights in {model}.")
     return figures, notes
-
-
-def informative(cells: pd.DataFrame) -> bool:
-    """Whether some patient's cells got different weights (not mean pooling)."""
-    return bool((cells.groupby("ID")["weight"].agg(lambda w: w.max() - w.min()) > 1e-12).any())
-
-
-def choose_cell_model(cells_by_run: dict[str, pd.DataFrame], fusion_weights: dict[str, float]) -> str | None:
-    """The run whose cell weights the montages show: informative weights first, then the largest fusion weight."""
-    return max(cells_by_run, default=None,
-               key=lambda n: (informative(cells_by_run[n]), fusion_weights.get(n, 0.0)))
 
 
 def scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[str, float],
