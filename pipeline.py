@@ -7,7 +7,9 @@ With ``--fold-seeds 42 43 44`` the model stages run on each committed split, eac
 predictions are averaged over the splits (fold-seed bagging, lib/stages/bagging.py) and the ensemble,
 report and submission use the averages (runs/<dataset>_bag42-43-44/). With ``--pretrain-config
 configs/pretrain_cpu.yaml`` a self-supervised cell encoder is learnt first (runs/<dataset>_ssl/, label-free,
-shared by the fold seeds) and the CNN stages embed the cells with it (configs/cnn_cpu_ssl.yaml).
+shared by the fold seeds) and the CNN stages embed the cells with it (configs/cnn_cpu_ssl.yaml). With
+``--with-finetune`` a CNN fine-tuned end to end (default configs/cnn_cpu_finetune.yaml, initialised from that
+encoder) joins the blend as one more model.
 """
 import argparse
 import subprocess
@@ -15,14 +17,19 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
+from lib.core.errors import DataError
+from lib.models.backbones import resolve_weights
 from lib.data.locate import resolve_data_dir
 from lib.stages.bagging import bag_runs
 from lib.data.dataset import load_dataset
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 
 MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
+FINETUNE_CONFIG = "configs/cnn_cpu_finetune.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +50,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-config", default=None,
                         help="first learn a self-supervised cell encoder with pretrain_cnn.py and this preset (e.g. "
                              "configs/pretrain_cpu.yaml, ~25 min on the shared data), then embed the cells with it")
+    parser.add_argument("--with-finetune", nargs="?", const=FINETUNE_CONFIG, default=None, metavar="CONFIG",
+                        help="add a CNN fine-tuned end to end to the blend (train_cnn.py --regime finetune preset; "
+                             f"the flag alone: {FINETUNE_CONFIG}, initialised from the --pretrain-config encoder; "
+                             "~7 min per fold seed on 2 CPU cores with the shared data)")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
     return parser.parse_args(argv)
+
+
+def models(args: argparse.Namespace) -> tuple[str, ...]:
+    """The blended models' run names."""
+    return (*MODELS, "cnn_finetune") if args.with_finetune else MODELS
+
+
+def check_finetune(args: argparse.Namespace) -> None:
+    """Before any stage: the fine-tune preset exists, and its weights do unless the encoder is learnt here."""
+    if not args.with_finetune:
+        return
+    config = Path(args.with_finetune)
+    if not config.is_file():
+        raise DataError(f"{config}: --with-finetune config not found")
+    if not args.pretrain_config:
+        weights = str((yaml.safe_load(config.read_text()) or {}).get("weights", "lite0"))
+        try:  # the stages run in the repository: a relative weights path is relative to it
+            resolve_weights(weights if weights in ("lite0", "none") else str(REPO_DIR / weights), args.cache_dir)
+        except DataError as exc:
+            raise DataError(f"{config}: {exc} (learn the encoder in this run with --pretrain-config "
+                            f"configs/pretrain_cpu.yaml)") from None
 
 
 def pretrain_stage(data_dir: Path, name: str, args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -66,13 +98,16 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     folds = ["--fold-seed", str(seed), "--folds-dir", str(args.folds_dir)]
     common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
     cnn = ["train_cnn.py", "-c", args.cnn_config, *common, *encoder_weights(name, args)]
-    run = {name: f"{tag}/{name}" for name in MODELS}
+    run = {name: f"{tag}/{name}" for name in models(args)}
+    finetune = [("cnn_finetune", ["train_cnn.py", "-c", args.with_finetune, *common, *encoder_weights(name, args),
+                                  "--experiment", run["cnn_finetune"]])] if args.with_finetune else []
     return [
         ("prepare", ["prepare_data.py", *data, *folds]),
         ("clinical", ["train_clinical.py", *common, "--experiment", run["clinical"]]),
         ("morpho", ["train_clinical.py", *common, "--feature-set", "clinical+morpho", "--experiment", run["morpho"]]),
         ("cnn", [*cnn, "--experiment", run["cnn"]]),
         ("cnn_attention", [*cnn, "--head", "attention", "--experiment", run["cnn_attention"]]),
+        *finetune,
     ]
 
 
@@ -81,7 +116,7 @@ def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tup
     data = ["--data-dir", str(data_dir)]
     ensemble_dir = str(args.runs_dir / tag / "ensemble")
     return [
-        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in MODELS),
+        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in models(args)),
                       "--runs-dir", str(args.runs_dir), "--experiment", f"{tag}/ensemble",
                       "--trials", str(args.trials), "--resume"]),
         ("report", ["report.py", "--ensemble", ensemble_dir, *data]),
@@ -103,7 +138,7 @@ def run_stage(name: str, command: list[str], seconds: dict[str, float]) -> None:
 def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: dict[str, float]) -> str:
     """Average every model over the fold seeds into runs/<name>_bag<seeds>/ (lib.stages.bagging); its tag."""
     tag, began = f"{name}_bag{'-'.join(map(str, seeds))}", time.perf_counter()
-    for model in MODELS:
+    for model in models(args):
         metrics = bag_runs([args.runs_dir / f"{name}_s{seed}" / model for seed in seeds], args.runs_dir / tag / model)
         print(f"=== bagged {model} over fold seeds {seeds}: OOF BA {metrics['ba_mean']:.3f}, "
               f"AUC {metrics['auc_mean']:.3f}", flush=True)
@@ -118,6 +153,7 @@ def main(argv=None) -> dict[str, float]:
     data_dir = resolve_data_dir(args.data_dir)
     name, seeds = load_dataset(data_dir).name, args.fold_seeds or [args.fold_seed]
     start, seconds = time.perf_counter(), {}
+    check_finetune(args)
     args.cnn_config = args.cnn_config or ("configs/cnn_cpu_ssl.yaml" if args.pretrain_config else "configs/cnn_cpu.yaml")
     if args.pretrain_config:
         run_stage(*pretrain_stage(data_dir, name, args), seconds)

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -26,7 +25,7 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import publish, quality_line  # noqa: E402
+from lib.core.bench import bagged_line, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
@@ -112,10 +111,7 @@ def bagging_lines(clinical: list[dict], cnn: dict, runs_dir: Path) -> list[str]:
         if len(runs) < 2 or not Path(runs[0]["run"]).exists():
             continue
         bagged = bag_runs([r["run"] for r in runs], runs_dir / f"ssl_bench_bag_{name.replace(' ', '_')}")
-        single_auc = np.mean([r["pooled_auc"] for r in runs])
-        lines.append(f"- bagged over the {len(runs)} fold seeds, {name}: pooled AUC {bagged['pooled_auc']:.3f} "
-                     f"(single seeds {single_auc:.3f}), pooled BA {bagged['pooled_ba']:.3f} "
-                     f"(single seeds {np.mean([r['pooled_ba'] for r in runs]):.3f})")
+        lines.append(bagged_line(name, bagged, runs))
     return lines
 
 

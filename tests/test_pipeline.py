@@ -60,3 +60,42 @@ def test_pipeline_with_a_pretrained_encoder(demo_pipeline, tmp_path):
     encoder = next((tmp_path / "runs").glob("*_ssl")) / "encoder.pth"
     config = yaml.safe_load((next((tmp_path / "runs").glob("*_s42")) / "cnn" / "config.yaml").read_text())
     assert config["weights"] == str(encoder) and (tmp_path / "submission.csv").exists()
+
+
+def test_pipeline_with_a_fine_tuned_cnn_in_the_blend(demo_pipeline, tmp_path):
+    """--with-finetune CONFIG: one more model, trained end to end, joins the ensemble."""
+    import json
+
+    import yaml
+
+    import pipeline
+    from conftest import TINY_CNN
+    data, _, _, _ = demo_pipeline
+    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(TINY_CNN))
+    finetune = {**TINY_CNN, "regime": "finetune", "epochs": 1, "head": "instance_bn", "clinical_fusion": False}
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(finetune))
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out",
+                             str(tmp_path / "submission.csv"), "--cnn-config", str(tmp_path / "cnn.yaml"),
+                             "--with-finetune", str(tmp_path / "finetune.yaml"), "--trials", "4",
+                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
+    assert list(seconds)[4:6] == ["cnn_attention", "cnn_finetune"] and (tmp_path / "submission.csv").exists()
+    seed_dir = next((tmp_path / "runs").glob("*_s42"))
+    config = yaml.safe_load((seed_dir / "cnn_finetune" / "config.yaml").read_text())
+    assert config["regime"] == "finetune"
+    params = json.loads((seed_dir / "ensemble" / "best_params.json").read_text())
+    assert any("cnn_finetune" in str(run) for run in params["runs"])
+
+
+def test_pipeline_with_finetune_needs_its_encoder_before_any_stage(demo_pipeline, tmp_path, capsys):
+    import pytest
+
+    import pipeline
+    from lib.core.cli import run_main
+    data, _, _, _ = demo_pipeline
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--with-finetune",
+                                 "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cnn_cpu_finetune.yaml" in err and "encoder.pth" in err and "--pretrain-config" in err
+    assert not (tmp_path / "runs").exists()

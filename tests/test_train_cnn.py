@@ -234,3 +234,12 @@ def test_clinical_fusion_values(data_dir, tmp_path):
     assert [clinical_fusion_arg(v) for v in (True, "concat", "gate", False, "none")] == [True, True, "gate", False, False]
     with pytest.raises(DataError, match="expected concat, gate or none"):
         run(data_dir, tmp_path, "bad", "--clinical-fusion", "sum")
+
+
+def test_a_run_read_back_whole_keeps_the_timings_of_the_run_that_trained_it(data_dir, tmp_path):
+    run(data_dir, tmp_path, "timed", "--head", "mean")
+    path = tmp_path / "runs" / "timed" / "timings.json"
+    first = json.loads(path.read_text())
+    assert first["folds_trained"] == [0, 1, 2] and first["train_seconds"] > 0
+    run(data_dir, tmp_path, "timed", "--head", "mean", "--resume")  # every fold read back: nothing timed
+    assert json.loads(path.read_text()) == first

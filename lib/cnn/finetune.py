@@ -30,6 +30,7 @@ from lib.cnn.device import autocast_dtype, training_autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
+from lib.models.backbones import freeze_blocks
 from lib.cnn.common import (FoldResult, apply_clinical_stats, batches, cell_table, class_weights, clinical_stats,
                             cosine_schedule, eval_subsets, fold_seed, load_training_state, optimizer_step, pad_bags,
                             patient_rng, sample_cells, save_training_state, score_bag, seed_everything, weighted_bce)
@@ -98,8 +99,8 @@ class Trainer:
     def __post_init__(self) -> None:
         self.dtype = training_autocast_dtype(self.s.amp, self.device)
         self.eval_dtype = autocast_dtype(self.s.amp, self.device, training=False)
-        groups = [{"params": self.model.backbone.parameters(), "lr": self.s.backbone_lr},
-                  {"params": self.model.head.parameters(), "lr": self.s.lr}]
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": backbone, "lr": self.s.backbone_lr}, {"params": self.model.head.parameters(), "lr": self.s.lr}]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=self.s.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.train_tf = create_transform(True, self.s.crop, self.s.strength, self.data_config)
@@ -198,7 +199,11 @@ def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dat
                device: torch.device, train_ids, valid_ids, test_ids, fold: int, fold_dir: Path) -> FoldResult:
     """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
     seed_everything(fold_seed(s.seed, fold))
-    model = build_model(make_backbone(), s)
+    backbone = make_backbone()
+    frozen = freeze_blocks(backbone, s.freeze_blocks)
+    if frozen:
+        log.info("fold %d: %d backbone modules frozen (--freeze-blocks %d)", fold, len(frozen), s.freeze_blocks)
+    model = build_model(backbone, s)
     clinical, state = None, {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
     if s.clinical_fusion:
         features = dataset.patients[CLINICAL_FEATURES].astype(float)

@@ -113,3 +113,10 @@ def head_training_line(label: str, runs: list[dict], bags_per_epoch: float) -> s
     cells = np.array([b * r["bag_size"] for b, r in zip(bags, runs)])
     return (f"- head training on cached embeddings ({label}): {bags.mean():.0f} bags/s (~{cells.mean():.0f} cell "
             f"embeddings/s; a tiny head bound by Python overhead, not FLOPs), torch threads {runs[0]['torch_threads']}")
+
+
+def bagged_line(name: str, bagged: dict, runs: list[dict]) -> str:
+    """'- bagged over the n fold seeds, name: pooled AUC/BA' of the seed-averaged run beside the single seeds'."""
+    single_auc, single_ba = np.mean([r["pooled_auc"] for r in runs]), np.mean([r["pooled_ba"] for r in runs])
+    return (f"- bagged over the {len(runs)} fold seeds, {name}: pooled AUC {bagged['pooled_auc']:.3f} "
+            f"(single seeds {single_auc:.3f}), pooled BA {bagged['pooled_ba']:.3f} (single seeds {single_ba:.3f})")

@@ -128,3 +128,35 @@ def build_backbone(name: str, weights: Path | None, seed: int) -> torch.nn.Modul
     """timm backbone (pooled features) with local weights, or seeded random init when weights is None."""
     torch.manual_seed(seed)
     return create_backbone(name, pretrained=False, weights=weights)
+
+
+def block_groups(model: torch.nn.Module) -> list[list[str]]:
+    """The backbone's module names in timm's coarse groups, input side first (group 0 is the stem)."""
+    if not hasattr(model, "group_matcher"):
+        raise DataError(f"backbone {type(model).__name__} has no timm group_matcher: --freeze-blocks is unavailable")
+    groups = timm.models.group_modules(model, model.group_matcher(coarse=True))
+    return [groups[k] for k in sorted(groups)]
+
+
+def frozen_modules(model: torch.nn.Module, n: int) -> list[str]:
+    """Module names of the first ``n`` coarse groups; DataError when the backbone has fewer."""
+    if n == 0:
+        return []
+    groups = block_groups(model)
+    if not 0 <= n <= len(groups):
+        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        raise DataError(f"--freeze-blocks {n}: backbone {name} has {len(groups)} blocks "
+                        f"(stem + {len(groups) - 1} stages); use 0..{len(groups)}")
+    return [name for group in groups[:n] for name in group]
+
+
+def freeze_blocks(model: torch.nn.Module, n: int) -> list[str]:
+    """Freeze the first ``n`` coarse groups (stem, then stages): no gradients, fixed BatchNorm statistics.
+
+    timm.utils.freeze turns their BatchNorm layers into FrozenBatchNorm2d, so training mode leaves the
+    running statistics as loaded. Returns the frozen module names.
+    """
+    names = frozen_modules(model, n)
+    if names:
+        timm.utils.freeze(model, names, include_bn_running_stats=True)
+    return names

@@ -32,7 +32,8 @@ from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache, read_image
 from lib.models import HEAD_NAMES, create_head
-from lib.models.backbones import build_backbone, embed_data_config, input_side, resolve_weights, weights_tag
+from lib.models.backbones import (build_backbone, embed_data_config, frozen_modules, input_side, resolve_weights,
+                                  weights_tag)
 from lib.stages.context import Stage
 from lib.stages.cv import cross_validate
 
@@ -84,6 +85,9 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--epochs", type=int, default=40)
     a("--lr", type=float, default=1e-3, help="learning rate of the head")
     a("--backbone-lr", type=float, default=1e-4, help="finetune: learning rate of the backbone")
+    a("--freeze-blocks", type=int, default=0,
+      help="finetune: freeze the backbone's first N blocks of timm's coarse groups (1 = the stem, 2 = stem + "
+           "first stage, ...): no gradients, BatchNorm statistics kept as loaded")
     a("--weight-decay", type=float, default=1e-2)
     a("--batch-patients", type=int, default=8, help="bags per optimisation step")
     a("--eval-bags", type=int, default=0,
@@ -130,8 +134,11 @@ def check_options(args: argparse.Namespace) -> Setup:
         raise DataError("--head anomaly needs per-cell anomaly scores from frozen embeddings: use --regime embed")
     clinical_dim, fusion = clinical_inputs(args.clinical_fusion)
     create_head(args.head, 8, clinical_dim=clinical_dim, fusion=fusion, **(args.head_args or {}))
+    if args.freeze_blocks and args.regime != "finetune":
+        raise DataError(f"--freeze-blocks {args.freeze_blocks} applies to --regime finetune (embed freezes all)")
     weights = resolve_weights(args.weights, args.cache_dir)
     backbone = build_backbone(args.backbone, weights, args.seed)
+    frozen_modules(backbone, args.freeze_blocks)  # range check
     config = embed_data_config(backbone, args.crop, args.input_size)
     check_encoder_record(weights, args.backbone, args.crop, input_side(config))
     return Setup(weights, device, config, backbone)
@@ -157,6 +164,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
                 (args.views < 0, f"--views {args.views} must be >= 0"),
                 (args.bag_size < 0, f"--bag-size {args.bag_size} must be >= 0 (0 = all cells)"),
                 (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
+                (args.freeze_blocks < 0, f"--freeze-blocks {args.freeze_blocks} must be >= 0"),
                 (args.batch_patients < 1, f"--batch-patients {args.batch_patients} must be >= 1"),
                 (args.pca < 0, f"--pca {args.pca} must be >= 0"),
                 (args.eval_bags < 0, f"--eval-bags {args.eval_bags} must be >= 0"),
@@ -265,14 +273,20 @@ def run_cnn(stage: Stage, setup: Setup) -> dict:
     """Cross-validate the configured regime; write log.csv, cells.csv and timings.json; return the metrics."""
     args, timings, start = stage.args, {}, time.perf_counter()
     make = embed_fit_predict if args.regime == "embed" else finetune_fit_predict
-    fit_predict = make(stage, setup, timings)
+    fit_predict, trained = make(stage, setup, timings), []
+
+    def counted(*fold_args):
+        trained.append(fold_args[-1])
+        return fit_predict(*fold_args)
     train_start = time.perf_counter()
-    oof, _ = cross_validate(stage, fit_predict, folds_to_run=args.folds)
+    oof, _ = cross_validate(stage, counted, folds_to_run=args.folds)
     timings.update({"train_seconds": time.perf_counter() - train_start, "total_seconds": time.perf_counter() - start,
-                    "device": str(setup.device), "torch_threads": torch.get_num_threads()})
+                    "device": str(setup.device), "torch_threads": torch.get_num_threads(), "folds_trained": trained})
     n_folds = stage.folds["fold"].nunique()
     write_outputs(stage.run_dir, n_folds)
-    atomic_write_json(timings, Path(stage.run_dir) / "timings.json")
+    timings_path = Path(stage.run_dir) / "timings.json"
+    if trained or not timings_path.exists():  # a run only read back keeps the timings of the runs that trained it
+        atomic_write_json(timings, timings_path)
     metrics_path = Path(stage.run_dir) / "metrics.json"
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())

@@ -1,0 +1,89 @@
+"""The CPU fine-tune preset (configs/cnn_cpu_finetune.yaml) on a tiny cohort: killed and resumed to the same
+predictions, early blocks frozen as asked, bf16 training numerics beside fp32."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import train_cnn
+from conftest import REPO, cohort_rows, make_2024
+from lib.core.errors import DataError
+from lib.models.backbones import build_backbone
+
+PRESET = str(REPO / "configs" / "cnn_cpu_finetune.yaml")
+TINY = ["--weights", "none", "--crop", "24", "--input-size", "24", "--epochs", "3", "--bag-size", "3",
+        "--n-folds", "3", "--folds", "0", "--tta", "1", "--head-args", "{hidden_dim: 16}", "--batch-patients", "4",
+        "--lr", "0.01", "--backbone-lr", "0.01", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """30 train and 6 test patients, 3 32x32 cells each."""
+    root = tmp_path_factory.mktemp("finetune") / "comp"
+    train, test = cohort_rows()
+    make_2024(root, train=train, test=test, n_cells=3, size=32)
+    return root
+
+
+def argv(cohort: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return ["-c", PRESET, "--data-dir", str(cohort), "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
+            str(tmp_path / "cache"), "--folds-dir", str(tmp_path / "folds"), "--experiment", name, *TINY, *extra]
+
+
+def fold0(tmp_path: Path, name: str) -> tuple[pd.DataFrame, dict]:
+    run = tmp_path / "runs" / name
+    state = torch.load(run / "fold_0" / "model.pt", weights_only=False)["model"]
+    return pd.read_csv(run / "folds" / "fold_0.csv"), state
+
+
+KILLED = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import lib.cnn.finetune, train_cnn
+lib.cnn.finetune.after_epoch = lambda fold, epoch: os._exit(9) if epoch == 1 else None
+train_cnn.main({argv!r})
+"""
+
+
+def test_the_cpu_preset_killed_after_an_epoch_resumes_to_the_same_predictions(cohort, tmp_path):
+    train_cnn.main(argv(cohort, tmp_path, "whole", "--freeze-blocks", "1"))
+    killed = argv(cohort, tmp_path, "killed", "--freeze-blocks", "1")
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED.format(repo=str(REPO), argv=killed))],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    assert done.returncode == 9, done.stderr[-2000:]  # died like SIGKILL, after epoch 1's checkpoint
+    assert torch.load(tmp_path / "runs" / "killed" / "fold_0" / "last.pt", weights_only=False)["epoch"] == 1
+    train_cnn.main([*killed, "--resume"])
+    (whole, a), (resumed, b) = fold0(tmp_path, "whole"), fold0(tmp_path, "killed")
+    pd.testing.assert_frame_equal(whole, resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = pd.read_csv(tmp_path / "runs" / "killed" / "fold_0" / "log.csv")
+    assert list(log["epoch"]) == [0, 1, 2]
+
+
+def test_frozen_blocks_keep_their_weights_and_statistics_and_the_rest_trains(cohort, tmp_path):
+    train_cnn.main(argv(cohort, tmp_path, "frozen", "--freeze-blocks", "2"))
+    _, state = fold0(tmp_path, "frozen")
+    initial = build_backbone("resnet10t", None, seed=0).state_dict()
+    trained = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    frozen = [k for k in trained if k.startswith(("conv1.", "bn1.", "layer1."))]
+    assert any("running_var" in k for k in frozen) and any(k.startswith("layer1.") for k in frozen)
+    assert all(torch.equal(trained[k], initial[k]) for k in frozen)
+    later = [k for k in trained if k.startswith("layer4.") and k.endswith("weight")]
+    assert later and not all(torch.equal(trained[k], initial[k]) for k in later)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--freeze-blocks", "6"), r"resnet10t.*has 5 blocks.*0\.\.5"),
+    (("--freeze-blocks", "-1"), "must be >= 0"),
+    (("--freeze-blocks", "1", "--regime", "embed"), "applies to --regime finetune"),
+])
+def test_bad_freeze_blocks_are_refused_before_any_work(cohort, tmp_path, extra, message):
+    with pytest.raises(DataError, match=message):
+        train_cnn.main(argv(cohort, tmp_path, "bad", *extra))
+    assert not (tmp_path / "runs" / "bad").exists()
