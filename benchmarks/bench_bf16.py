@@ -5,7 +5,7 @@ Three runs of configs/cnn_cpu_finetune.yaml from a random ResNet-10-T on fold 0 
 (no encoder needed): fp32 (--amp off) with seed 0, bf16 (--amp bf16) with seed 0, and fp32 with seed 1.
 bf16 passes when its per-epoch training loss stays as close to fp32's as two fp32 seeds are to each other
 (the noise): mean |bf16 - fp32| <= mean |fp32 seed 1 - fp32 seed 0|. Also reported: the speed of each
-precision and the fold-0 validation probabilities' agreement. The loss curves go to <runs-dir>/loss.png.
+precision and the fold-0 validation probabilities' agreement. The loss curves go to --plot.
 """
 import argparse
 import sys
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
 from lib.cnn.device import cpu_has_bf16  # noqa: E402
 from lib.core.bench import publish  # noqa: E402
-from lib.core.paths import CONFIGS_DIR  # noqa: E402
+from lib.core.paths import CONFIGS_DIR, RUNS_DIR  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 from lib.data.locate import resolve_data_dir  # noqa: E402
 
@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--plot", type=Path, default=RUNS_DIR / "bench_bf16_loss.png", help="the loss curves (PNG)")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
 
@@ -42,7 +43,7 @@ def train(args, runs_dir: Path, label: str) -> dict:
     train_cnn.main(["-c", str(CONFIGS_DIR / "cnn_cpu_finetune.yaml"), "--weights", "none", "--data-dir",
                     str(resolve_data_dir(None)), "--runs-dir", str(runs_dir), "--cache-dir", str(runs_dir / "cache"),
                     "--folds", "0", "--epochs", str(args.epochs), "--amp", amp, "--seed", str(seed),
-                    "--experiment", name, "--no-progress", "--resume"])
+                    "--experiment", name, "--no-progress"])
     run = runs_dir / name
     log = pd.read_csv(run / "fold_0" / "log.csv")
     cells = pd.read_csv(run / "fold_0" / "cells.csv")
@@ -79,9 +80,9 @@ def main(argv=None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="bench_bf16_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
         results = {label: train(args, runs_dir, label) for label in RUNS}
-        plot(results, runs_dir / "loss.png")
+        plot(results, args.plot)
         lines = result_lines(results)
-    lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; loss curves: <runs-dir>/loss.png")
+    lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; loss curves: {args.plot}")
     publish("bf16 vs fp32 training numerics (CPU fine-tune preset, demo)", lines, __file__, argv,
             append=not args.no_append)
     return lines

@@ -12,6 +12,7 @@ import torch
 
 import train_cnn
 from conftest import REPO, cohort_rows, make_2024
+from lib.cnn.device import cpu_has_bf16
 from lib.core.errors import DataError
 from lib.models.backbones import build_backbone
 
@@ -82,8 +83,47 @@ def test_frozen_blocks_keep_their_weights_and_statistics_and_the_rest_trains(coh
     (("--freeze-blocks", "6"), r"resnet10t.*has 5 blocks.*0\.\.5"),
     (("--freeze-blocks", "-1"), "must be >= 0"),
     (("--freeze-blocks", "1", "--regime", "embed"), "applies to --regime finetune"),
+    (("--feature-norm", "batchnorm", "--regime", "embed"), "applies to --regime finetune"),
+    (("--feature-norm", "layer"), "invalid choice"),
 ])
 def test_bad_freeze_blocks_are_refused_before_any_work(cohort, tmp_path, extra, message):
     with pytest.raises(DataError, match=message):
         train_cnn.main(argv(cohort, tmp_path, "bad", *extra))
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_training_follows_fp32_closer_than_another_seed_does(cohort, tmp_path):
+    """Loss curves: bf16 autocast vs fp32 from the same seed, against fp32 from another seed (the noise)."""
+    def losses(name: str, amp: str, seed: int):
+        train_cnn.main(argv(cohort, tmp_path, name, "--amp", amp, "--seed", str(seed)))
+        return pd.read_csv(tmp_path / "runs" / name / "fold_0" / "log.csv")["train_loss"].to_numpy()
+    fp32, bf16, other = losses("fp32", "off", 0), losses("bf16", "bf16", 0), losses("other", "off", 1)
+    assert not (fp32 == bf16).all()  # bf16 did run: rounding differs
+    assert abs(bf16 - fp32).mean() < abs(other - fp32).mean() / 2
+
+
+def test_scoring_goes_through_the_feature_norm_like_training_does(cohort, tmp_path):
+    """A saved model re-applied to a validation patient's cells gives the probability the run wrote."""
+    from lib.cnn.augment import apply_batch, create_transform
+    from lib.cnn.finetune import build_model
+    from lib.cnn.settings import finetune_settings
+    from lib.data.dataset import load_dataset
+    from lib.data.images import load_image_cache
+    from lib.models.backbones import embed_data_config
+    from lib.core.config import parse_config
+    options = argv(cohort, tmp_path, "neck", "--feature-norm", "batchnorm", "--tta", "0", "--amp", "off")
+    train_cnn.main(options)
+    valid, state = fold0(tmp_path, "neck")
+    assert "neck.running_mean" in state and state["neck.num_batches_tracked"] > 0
+    args = parse_config(train_cnn.build_parser(), options)
+    backbone = build_backbone("resnet10t", None, seed=0)
+    model = build_model(backbone, finetune_settings(args))
+    model.load_state_dict(state)
+    model.eval()
+    cache = load_image_cache(load_dataset(cohort), 24, tmp_path / "cache", progress=False)
+    transform = create_transform(False, 24, "heavy", embed_data_config(backbone, 24, 24))
+    for pid, proba in valid.set_index("ID")["proba"].items():
+        with torch.inference_mode():
+            logit = model(apply_batch(transform, cache.patient(str(pid))), [len(cache.patient(str(pid)))])["logit"]
+        assert torch.sigmoid(logit).item() == pytest.approx(proba, abs=1e-5)

@@ -42,16 +42,27 @@ GRAD_CLIP = 1.0  # max gradient norm of a step
 
 
 class MILNet(nn.Module):
-    """Backbone (cells -> features) followed by a MIL head (bag of features -> patient logit)."""
+    """Backbone (cells -> features), an optional feature normalisation, then a MIL head (bag -> patient logit).
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    ``feature_norm='batchnorm'`` standardises each feature over the cells of a step (running statistics at
+    scoring), as the embed regime standardises its cached embeddings on the training cells: pooled CNN
+    features vary far less across cells than their offsets differ across dimensions.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, feature_norm: str = "none") -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        if feature_norm == "batchnorm":
+            self.neck = nn.BatchNorm1d(backbone.num_features)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-cell features (float32), normalised when the net has a neck."""
+        feats = self.backbone(images).float()
+        return self.neck(feats) if hasattr(self, "neck") else feats
 
     def forward(self, images: torch.Tensor, sizes: list[int], clinical: torch.Tensor | None = None) -> dict:
         """images (sum(sizes), 3, h, w) of len(sizes) bags -> head outputs for the padded batch."""
-        feats = self.backbone(images).float()
-        x, mask = pad_bags(list(torch.split(feats, sizes)))
+        x, mask = pad_bags(list(torch.split(self.features(images), sizes)))
         return self.head(x, clinical=clinical, mask=mask)
 
 
@@ -151,7 +162,7 @@ class Trainer:
             for i, k in enumerate(views):
                 with torch.autocast(self.device.type, dtype=self.eval_dtype, enabled=self.eval_dtype is not None):
                     xk = dihedral(x, k).contiguous(memory_format=torch.channels_last)
-                    feats[i].append(self.model.backbone(xk).float())
+                    feats[i].append(self.model.features(xk))
         bags = torch.stack([torch.cat(f) for f in feats])
         clinical = self.clinical_of([pid])
         subsets = eval_subsets(len(images), self.s.bag_size, self.s.eval_bags, patient_rng(self.s.seed, self.fold, pid))
@@ -223,4 +234,4 @@ def build_model(backbone: nn.Module, s: FinetuneSettings) -> MILNet:
     """Backbone + a fresh head sized to its features (clinical fusion adds the clinical features)."""
     clinical_dim, fusion = clinical_inputs(s.clinical_fusion)
     head = create_head(s.head, backbone.num_features, clinical_dim=clinical_dim, fusion=fusion, **s.head_args)
-    return MILNet(backbone, head)
+    return MILNet(backbone, head, s.feature_norm)

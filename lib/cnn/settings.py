@@ -42,6 +42,7 @@ class FinetuneSettings(MILSettings):
 
     backbone_lr: float
     freeze_blocks: int
+    feature_norm: str
     crop: int
     strength: str
     n_tta: int
@@ -85,6 +86,6 @@ def head_settings(args: argparse.Namespace) -> HeadSettings:
 
 def finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
     """Finetune-regime settings from the options (--aug is the strength, --tta the view count)."""
-    return FinetuneSettings(**_shared(args), backbone_lr=args.backbone_lr,
-                            freeze_blocks=args.freeze_blocks, crop=args.crop, strength=args.aug,
-                            n_tta=args.tta, amp=args.amp, workers=args.workers, eval_batch=args.embed_batch)
+    return FinetuneSettings(**_shared(args), backbone_lr=args.backbone_lr, freeze_blocks=args.freeze_blocks,
+                            feature_norm=args.feature_norm, crop=args.crop, strength=args.aug, n_tta=args.tta,
+                            amp=args.amp, workers=args.workers, eval_batch=args.embed_batch)

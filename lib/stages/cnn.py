@@ -88,6 +88,8 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--freeze-blocks", type=int, default=0,
       help="finetune: freeze the backbone's first N blocks of timm's coarse groups (1 = the stem, 2 = stem + "
            "first stage, ...): no gradients, BatchNorm statistics kept as loaded")
+    a("--feature-norm", choices=("none", "batchnorm"), default="none",
+      help="finetune: standardise the per-cell features before the head (BatchNorm1d over the step's cells)")
     a("--weight-decay", type=float, default=1e-2)
     a("--batch-patients", type=int, default=8, help="bags per optimisation step")
     a("--eval-bags", type=int, default=0,
@@ -134,8 +136,11 @@ def check_options(args: argparse.Namespace) -> Setup:
         raise DataError("--head anomaly needs per-cell anomaly scores from frozen embeddings: use --regime embed")
     clinical_dim, fusion = clinical_inputs(args.clinical_fusion)
     create_head(args.head, 8, clinical_dim=clinical_dim, fusion=fusion, **(args.head_args or {}))
-    if args.freeze_blocks and args.regime != "finetune":
-        raise DataError(f"--freeze-blocks {args.freeze_blocks} applies to --regime finetune (embed freezes all)")
+    if args.regime != "finetune":
+        for option, value in (("freeze-blocks", args.freeze_blocks), ("feature-norm", args.feature_norm)):
+            if value not in (0, "none"):
+                raise DataError(f"--{option} {value} applies to --regime finetune (the embed regime freezes the "
+                                f"backbone and standardises the embeddings)")
     weights = resolve_weights(args.weights, args.cache_dir)
     backbone = build_backbone(args.backbone, weights, args.seed)
     frozen_modules(backbone, args.freeze_blocks)  # range check
