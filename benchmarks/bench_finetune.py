@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_finetune.py --encoder runs/ssl --reference runs/bench_ssl [--seeds 43 44 45]
        [--variants ...] [--runs-dir DIR] [--trials 100] [--no-append]
 Every variant runs on every fold seed: the preset (the self-supervised ResNet-10-T of --encoder fine-tuned at
-64 px with its instance_bn head, heavy on-line augmentation, bf16 autocast where native), the same with light
+64 px, feature norm and instance_bn head, heavy on-line augmentation, bf16 autocast where native), the same with light
 augmentation, with clinical fusion, and from a random initialisation. --reference is a bench_ssl.py run
 directory on the same fold seeds: its clinical model, morphometry model and frozen-ImageNet CNN runs give the
 baselines and the blend without the fine-tuned CNN; the blend with it adds the preset run (honest nested BA,
@@ -36,7 +36,9 @@ VARIANTS = {PRESET: [], "ssl_light_image": ["--aug", "light"], "ssl_heavy_fusion
 REFERENCE = {"clinical": "ssl_bench_clinical_s{seed}", "morpho": "ssl_bench_clinical_morpho_s{seed}",
              "imagenet embed, mean, image-only": "ssl_bench_imagenet_mean_image_s{seed}",
              "imagenet embed, mean, fusion": "ssl_bench_imagenet_mean_fusion_s{seed}",
-             "imagenet embed, attention, fusion": "ssl_bench_imagenet_attention_fusion_s{seed}"}
+             "imagenet embed, attention, fusion": "ssl_bench_imagenet_attention_fusion_s{seed}",
+             "ssl embed (same encoder frozen), mean, image-only": "ssl_bench_ssl_mean_image_s{seed}",
+             "ssl embed (same encoder frozen), instance_bn, image-only": "ssl_bench_ssl_instance_bn_image_s{seed}"}
 BLEND = ("clinical", "morpho", "imagenet embed, mean, fusion", "imagenet embed, attention, fusion")
 
 
@@ -125,7 +127,8 @@ def speed_line(tuned: dict) -> str:
 def result_lines(args, runs_dir: Path, tuned: dict, reference: dict, blends: dict) -> list[str]:
     settings = yaml.safe_load((CONFIGS_DIR / "cnn_cpu_finetune.yaml").read_text())
     preset = ", ".join(f"{k} {settings[k]}" for k in ("epochs", "bag_size", "batch_patients", "lr", "backbone_lr",
-                                                      "freeze_blocks", "head", "aug", "tta", "input_size"))
+                                                      "freeze_blocks", "feature_norm", "head", "aug", "tta",
+                                                      "input_size"))
     lines = [f"- data: {args.data_dir}; fold seeds {', '.join(map(str, args.seeds))} for every variant; threshold "
              f"0.5; mean±std over seeds of the fold mean",
              f"- preset: configs/cnn_cpu_finetune.yaml ({preset}) initialised from {args.encoder / 'encoder.pth'} "
