@@ -106,7 +106,7 @@ def test_bf16_training_follows_fp32_closer_than_another_seed_does(cohort, tmp_pa
 def test_scoring_goes_through_the_feature_norm_like_training_does(cohort, tmp_path):
     """A saved model re-applied to a validation patient's cells gives the probability the run wrote."""
     from lib.cnn.augment import apply_batch, create_transform
-    from lib.cnn.finetune import build_model
+    from lib.cnn.finetune import Trainer, build_model
     from lib.cnn.settings import finetune_settings
     from lib.data.dataset import load_dataset
     from lib.data.images import load_image_cache
@@ -120,6 +120,9 @@ def test_scoring_goes_through_the_feature_norm_like_training_does(cohort, tmp_pa
     backbone = build_backbone("resnet10t", None, seed=0)
     model = build_model(backbone, finetune_settings(args))
     model.load_state_dict(state)
+    trainer = Trainer(model, None, {}, None, None, finetune_settings(args), torch.device("cpu"), 0)
+    stepped = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert stepped == {id(p) for p in model.parameters() if p.requires_grad}  # every trainable tensor is stepped
     model.eval()
     cache = load_image_cache(load_dataset(cohort), 24, tmp_path / "cache", progress=False)
     transform = create_transform(False, 24, "heavy", embed_data_config(backbone, 24, 24))

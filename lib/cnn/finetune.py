@@ -53,7 +53,7 @@ class MILNet(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
         if feature_norm == "batchnorm":
-            self.neck = nn.BatchNorm1d(backbone.num_features)
+            self.neck = nn.BatchNorm1d(backbone.num_features, affine=False)  # the head's first layer is affine
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Per-cell features (float32), normalised when the net has a neck."""
@@ -110,8 +110,9 @@ class Trainer:
     def __post_init__(self) -> None:
         self.dtype = training_autocast_dtype(self.s.amp, self.device)
         self.eval_dtype = autocast_dtype(self.s.amp, self.device, training=False)
-        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [{"params": backbone, "lr": self.s.backbone_lr}, {"params": self.model.head.parameters(), "lr": self.s.lr}]
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for name, p in trainable if name.startswith("backbone.")], "lr": self.s.backbone_lr},
+                  {"params": [p for name, p in trainable if not name.startswith("backbone.")], "lr": self.s.lr}]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=self.s.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.train_tf = create_transform(True, self.s.crop, self.s.strength, self.data_config)
