@@ -102,7 +102,7 @@ def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> float:
 def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
     """Fine-tune runs by variant, reference runs by label, blends (without / with the preset).
 
-    The preset and its blends come first on every seed, the other variants after (the costliest to lose).
+    The preset and its blends come first on every seed (the costliest to lose), then the other variants.
     """
     tuned, reference, blends = {PRESET: []}, {}, {"without the fine-tuned CNN": [], "with the fine-tuned CNN": []}
     for seed in args.seeds:
@@ -115,11 +115,12 @@ def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
         blends["without the fine-tuned CNN"].append(blend(args, runs_dir, f"ft_blend_base_s{seed}", base))
         blends["with the fine-tuned CNN"].append(blend(args, runs_dir, f"ft_blend_with_s{seed}",
                                                        [*base, tuned[PRESET][-1]["run"]]))
-    for variant in args.variants:
-        runs = [r for r in (finetune_run(args, runs_dir, variant, seed) for seed in args.seeds) if r is not None]
-        if runs:
-            tuned[variant] = runs
-            print(quality_line(f"{variant}", runs), flush=True)
+    for seed in args.seeds:  # seed by seed: a benchmark cut short still has every variant on its first seeds
+        for variant in args.variants:
+            run = finetune_run(args, runs_dir, variant, seed)
+            if run is not None:
+                tuned.setdefault(variant, []).append(run)
+                print(quality_line(f"{variant} so far", tuned[variant]), flush=True)
     return tuned, reference, blends
 
 
