@@ -50,15 +50,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45])
     parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v != PRESET],
                         choices=[v for v in VARIANTS if v != PRESET], help="variants besides the preset")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: report the runs already finished under --runs-dir (each variant over "
+                             "the seeds it has; the preset needs all), e.g. to publish a benchmark cut short")
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
 
 
-def finetune_run(args, runs_dir: Path, variant: str, seed: int) -> dict:
-    """One 5-fold CV of a variant (a finished run is read back, not retrained); metrics, speed and wall time."""
+def finetune_run(args, runs_dir: Path, variant: str, seed: int) -> dict | None:
+    """One 5-fold CV of a variant (a finished run is read back, not retrained); metrics, speed and wall time.
+
+    None under --finished-only when the run is not finished.
+    """
     name = f"{variant}_s{seed}"
+    if args.finished_only and not (runs_dir / name / "metrics.json").exists():
+        if variant == PRESET:
+            raise SystemExit(f"bench_finetune: --finished-only needs the preset on every seed; {runs_dir / name} "
+                             f"is not finished")
+        return None
     extra = VARIANTS[variant]
     weights = [] if "--weights" in extra else ["--weights", str(args.encoder / "encoder.pth")]
     metrics = train_cnn.main(["-c", str(CONFIGS_DIR / "cnn_cpu_finetune.yaml"), *weights, "--data-dir", str(args.data_dir),
@@ -69,7 +80,8 @@ def finetune_run(args, runs_dir: Path, variant: str, seed: int) -> dict:
     n_train = len(pd.read_csv(run / "oof.csv")) * 4 / 5  # training patients of a fold, one 16-cell bag each an epoch
     img_per_s = len(log) * n_train * 16 / log["seconds"].sum()
     timed = len(timings.get("folds_trained", [])) == 5  # all five folds trained by the timed invocation
-    return {**metrics, "run": run, "img_per_s": img_per_s, "minutes": timings["train_seconds"] / 60 if timed else None}
+    return {**metrics, "run": run, "seed": seed, "img_per_s": img_per_s,
+            "minutes": timings["train_seconds"] / 60 if timed else None}
 
 
 def reference_metrics(args, seed: int) -> dict[str, dict]:
@@ -83,14 +95,14 @@ def reference_metrics(args, seed: int) -> dict[str, dict]:
 
 def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> float:
     result = ensemble.main(["--runs", *map(str, runs), "--runs-dir", str(runs_dir), "--experiment", name,
-                            "--trials", str(args.trials), "--nested-trials", str(args.trials)])
+                            "--trials", str(args.trials), "--nested-trials", str(args.trials), "--resume"])
     return result["metrics"]["nested"]["ba_mean"]
 
 
 def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
     """Fine-tune runs by variant, reference runs by label, blends (without / with the preset).
 
-    The preset and its blends come first on every seed, the other variants after (the costliest to lose).
+    The preset and its blends come first on every seed (the costliest to lose), then the other variants.
     """
     tuned, reference, blends = {PRESET: []}, {}, {"without the fine-tuned CNN": [], "with the fine-tuned CNN": []}
     for seed in args.seeds:
@@ -103,11 +115,12 @@ def run_all(args, runs_dir: Path) -> tuple[dict, dict, dict]:
         blends["without the fine-tuned CNN"].append(blend(args, runs_dir, f"ft_blend_base_s{seed}", base))
         blends["with the fine-tuned CNN"].append(blend(args, runs_dir, f"ft_blend_with_s{seed}",
                                                        [*base, tuned[PRESET][-1]["run"]]))
-    for variant in args.variants:
-        tuned[variant] = []
-        for seed in args.seeds:
-            tuned[variant].append(finetune_run(args, runs_dir, variant, seed))
-            print(quality_line(f"{variant} so far", tuned[variant]), flush=True)
+    for seed in args.seeds:  # seed by seed: a benchmark cut short still has every variant on its first seeds
+        for variant in args.variants:
+            run = finetune_run(args, runs_dir, variant, seed)
+            if run is not None:
+                tuned.setdefault(variant, []).append(run)
+                print(quality_line(f"{variant} so far", tuned[variant]), flush=True)
     return tuned, reference, blends
 
 
@@ -124,6 +137,14 @@ def speed_line(tuned: dict) -> str:
             f"of the benchmark process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
+def seeds_note(args, runs: list[dict]) -> str:
+    """' (fold seeds 43 only)' for a variant that did not run on every seed, else ''."""
+    seeds = [r["seed"] for r in runs]
+    if len(seeds) == len(args.seeds):
+        return ""
+    return f" (fold seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} only)"
+
+
 def result_lines(args, runs_dir: Path, tuned: dict, reference: dict, blends: dict) -> list[str]:
     settings = yaml.safe_load((CONFIGS_DIR / "cnn_cpu_finetune.yaml").read_text())
     preset = ", ".join(f"{k} {settings[k]}" for k in ("epochs", "bag_size", "batch_patients", "lr", "backbone_lr",
@@ -134,7 +155,8 @@ def result_lines(args, runs_dir: Path, tuned: dict, reference: dict, blends: dic
              f"- preset: configs/cnn_cpu_finetune.yaml ({preset}) initialised from {args.encoder / 'encoder.pth'} "
              f"(SimCLR ResNet-10-T), bf16 autocast; variants change one setting each",
              *(quality_line(f"reference: {label} (bench_ssl runs, same folds)", runs) for label, runs in reference.items()),
-             *(quality_line(f"finetune {variant}", runs) for variant, runs in tuned.items())]
+             *(quality_line(f"finetune {variant}{seeds_note(args, runs)}", runs)
+               for variant, runs in tuned.items())]
     for name, values in blends.items():
         lines.append(f"- blend clinical + morpho + ImageNet embed CNNs, {name} (honest nested BA): {mean_std(values)} "
                      f"(per seed {', '.join(f'{v:.3f}' for v in values)})")

@@ -18,7 +18,7 @@ from lib.models.backbones import build_backbone
 
 PRESET = str(REPO / "configs" / "cnn_cpu_finetune.yaml")
 TINY = ["--weights", "none", "--crop", "24", "--input-size", "24", "--epochs", "3", "--bag-size", "3",
-        "--n-folds", "3", "--folds", "0", "--tta", "1", "--head-args", "{hidden_dim: 16}", "--batch-patients", "4",
+        "--n-folds", "3", "--tta", "1", "--head-args", "{hidden_dim: 16}", "--batch-patients", "4",
         "--lr", "0.01", "--backbone-lr", "0.01", "--no-progress"]
 
 
@@ -31,9 +31,11 @@ def cohort(tmp_path_factory) -> Path:
     return root
 
 
-def argv(cohort: Path, tmp_path: Path, name: str, *extra: str) -> list[str]:
+def argv(cohort: Path, tmp_path: Path, name: str, *extra: str, folds: tuple[str, ...] = ("0",)) -> list[str]:
+    """The preset on the tiny cohort (fold 0 only unless ``folds`` is empty: all three)."""
     return ["-c", PRESET, "--data-dir", str(cohort), "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
-            str(tmp_path / "cache"), "--folds-dir", str(tmp_path / "folds"), "--experiment", name, *TINY, *extra]
+            str(tmp_path / "cache"), "--folds-dir", str(tmp_path / "folds"), "--experiment", name, *TINY,
+            *(["--folds", *folds] if folds else []), *extra]
 
 
 def fold0(tmp_path: Path, name: str) -> tuple[pd.DataFrame, dict]:
@@ -130,3 +132,19 @@ def test_scoring_goes_through_the_feature_norm_like_training_does(cohort, tmp_pa
         with torch.inference_mode():
             logit = model(apply_batch(transform, cache.patient(str(pid))), [len(cache.patient(str(pid)))])["logit"]
         assert torch.sigmoid(logit).item() == pytest.approx(proba, abs=1e-5)
+
+
+def test_predict_rescores_a_finetune_run_exactly_from_its_fold_models(cohort, tmp_path):
+    """predict.py's finetune path: every fold's saved network gives the run's own test.csv, to the bit."""
+    from lib.data.dataset import load_dataset
+    from lib.fusion.runs import read_run_config
+    from lib.stages.predict import check_runs, predict_run
+    train_cnn.main(argv(cohort, tmp_path, "full", "--clinical-fusion", "--feature-norm", "batchnorm", "--epochs", "1",
+                        folds=()))
+    run = tmp_path / "runs" / "full"
+    dataset, config = load_dataset(cohort), read_run_config(run)
+    test = pd.read_csv(run / "test.csv", dtype={"ID": str}).set_index("ID")
+    check_runs([run], [config], dataset)
+    table, cells = predict_run(run, config, dataset, list(test.index), tmp_path / "cache", progress=False)
+    pd.testing.assert_frame_equal(table.loc[test.index], test, check_names=False)
+    assert set(cells["ID"]) == set(test.index) and cells["weight"].between(0, 1).all()

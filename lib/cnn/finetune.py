@@ -207,28 +207,47 @@ def fit(trainer: Trainer, train_ids: list[str], fold_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(history, columns=["fold", "epoch", "train_loss", "lr", "seconds"])
 
 
+def fold_model(backbone: nn.Module, s: FinetuneSettings, fold: int, device: torch.device) -> MILNet:
+    """A fold's network: the backbone with its first blocks frozen as configured, and a fresh head."""
+    frozen = freeze_blocks(backbone, s.freeze_blocks)
+    if frozen:
+        log.info("fold %d: %d backbone modules frozen (--freeze-blocks %d)", fold, len(frozen), s.freeze_blocks)
+    return build_model(backbone, s).to(device, memory_format=torch.channels_last)
+
+
+def clinical_inputs_of(dataset: Dataset, stats: dict | None) -> pd.DataFrame | None:
+    """Standardised clinical rows of the dataset's patients (None without clinical fusion)."""
+    if stats is None:
+        return None
+    return apply_clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), stats)
+
+
 def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dataset, s: FinetuneSettings,
                device: torch.device, train_ids, valid_ids, test_ids, fold: int, fold_dir: Path) -> FoldResult:
     """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
     seed_everything(fold_seed(s.seed, fold))
-    backbone = make_backbone()
-    frozen = freeze_blocks(backbone, s.freeze_blocks)
-    if frozen:
-        log.info("fold %d: %d backbone modules frozen (--freeze-blocks %d)", fold, len(frozen), s.freeze_blocks)
-    model = build_model(backbone, s)
-    clinical, state = None, {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
-    if s.clinical_fusion:
-        features = dataset.patients[CLINICAL_FEATURES].astype(float)
-        stats = clinical_stats(features, train_ids)
-        clinical = apply_clinical_stats(features, stats)
+    model = fold_model(make_backbone(), s, fold, device)
+    stats = clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), train_ids) if s.clinical_fusion else None
+    state = {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
+    if stats is not None:
         state["clinical_stats"] = {k: v.to_dict() for k, v in stats.items()}
-    model = model.to(device, memory_format=torch.channels_last)
-    trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"], clinical, s, device, fold)
+    trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"], clinical_inputs_of(dataset, stats), s,
+                      device, fold)
     history = fit(trainer, sorted(train_ids), fold_dir)
     valid, valid_cells = trainer.score(valid_ids, "valid")
     test, test_cells = trainer.score(test_ids, "test")
     state["model"] = model.state_dict()
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
+
+
+def predict_fold(state: dict, backbone: nn.Module, cache: ImageCache, data_config: dict, dataset: Dataset,
+                 s: FinetuneSettings, device: torch.device, pids, fold: int) -> tuple[pd.Series, pd.DataFrame]:
+    """Probabilities and cell weights of new patients from a saved fold (model.pt), scored as at training."""
+    model = fold_model(backbone, s, fold, device)
+    model.load_state_dict(state["model"])
+    trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"],
+                      clinical_inputs_of(dataset, state.get("clinical_stats")), s, device, fold)
+    return trainer.score(list(pids), "predict")
 
 
 def build_model(backbone: nn.Module, s: FinetuneSettings) -> MILNet:

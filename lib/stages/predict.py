@@ -6,9 +6,12 @@ the folds are averaged as in its ``test.csv``:
   feature set computed for the new patients (morphometry measured on their cells);
 - CNN runs of the embed regime (train_cnn.py): the run's frozen backbone embeds the new cells under the
   run's evaluation views (same weights, crop, input size, precision and transform code, or a one-line
-  error), then each fold's head with its fitted preprocessing (``fold_<k>/head.pt``).
+  error), then each fold's head with its fitted preprocessing (``fold_<k>/head.pt``);
+- CNN runs of the finetune regime: each fold's whole network (``fold_<k>/model.pt``: backbone, feature norm,
+  head and clinical standardisation) on the new cells under the run's TTA views, as it scored its test
+  patients (the initial weights file is not needed: the fold model holds every weight).
 The fused score uses the ensemble's weights, method and threshold (rank_mean is anchored on the tuned
-OOF predictions, as for the submission). Finetune-regime runs are refused for now (one line).
+OOF predictions, as for the submission).
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lib.cnn import embed_mil
+from lib.cnn import embed_mil, finetune
 from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
-from lib.cnn.settings import head_settings
+from lib.cnn.settings import finetune_settings, head_settings
 from lib.core.errors import DataError
 from lib.core.runs import test_table
 from lib.data.dataset import Dataset
+from lib.data.images import load_image_cache
 from lib.features.tables import feature_table
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import RunSet, read_run_config
@@ -102,14 +106,31 @@ def predict_embed(run_dir: Path, config: dict, dataset: Dataset, pids: list[str]
     return fold_table(per_fold), mean_weights(pd.concat(cells))
 
 
+def predict_finetune(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,
+                     progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The finetune run's fold networks on the new patients' cells; (probabilities, cell weights)."""
+    settings = finetune_settings(argparse.Namespace(**{**config, "progress": progress}))
+    device = resolve_device(config.get("device") or "auto")
+    cache = load_image_cache(dataset, config["crop"], cache_dir, progress=progress)
+    per_fold, cells = {}, []
+    for k in range(n_folds_of(run_dir)):
+        state = torch.load(fold_dir(run_dir, k) / "model.pt", map_location=device, weights_only=False)
+        backbone = build_backbone(config["backbone"], None, config["seed"])  # every weight comes from model.pt
+        data_config = embed_data_config(backbone, config["crop"], config["input_size"])
+        per_fold[k], fold_cells = finetune.predict_fold(state, backbone, cache, data_config, dataset, settings, device,
+                                                        pids, k)
+        cells.append(fold_cells)
+    return fold_table(per_fold), mean_weights(pd.concat(cells))
+
+
 def run_kind(run_dir: Path, config: dict) -> str:
-    """'clinical' or 'embed'; any other run is refused with one line."""
+    """'clinical', 'embed' or 'finetune'; any other run is refused with one line."""
     if config.get("stage") == "clinical":
         return "clinical"
-    if config.get("stage") == "cnn" and config.get("regime") == "embed":
-        return "embed"
-    raise DataError(f"{run_dir}: predict.py scores clinical and embed-regime CNN runs; this run is "
-                    f"{config.get('stage')}/{config.get('regime')} (finetune runs are not supported yet)")
+    if config.get("stage") == "cnn" and config.get("regime") in ("embed", "finetune"):
+        return config["regime"]
+    raise DataError(f"{run_dir}: predict.py scores clinical and CNN runs; this run is "
+                    f"{config.get('stage')}/{config.get('regime')}")
 
 
 def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None:
@@ -120,11 +141,12 @@ def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None
             check_runs(sources, [read_run_config(p) for p in sources], dataset)
             continue
         kind, n_folds = run_kind(Path(path), config), n_folds_of(path)
-        models = [model_path(path, k) if kind == "clinical" else fold_dir(path, k) / "head.pt" for k in range(n_folds)]
+        saved = {"clinical": None, "embed": "head.pt", "finetune": "model.pt"}[kind]
+        models = [model_path(path, k) if saved is None else fold_dir(path, k) / saved for k in range(n_folds)]
         missing = [m for m in models if not m.exists()]
         if missing:
             raise DataError(f"{missing[0]}: fold model not found (re-run the stage that made {path})")
-        if kind == "embed":
+        if kind != "clinical":
             check_crop(config["crop"], dataset)
 
 
@@ -146,9 +168,11 @@ def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], 
     """One run's per-fold and mean probabilities for the patients (and cell weights for CNN runs)."""
     if bagged_sources(config):
         return predict_bagged(bagged_sources(config), dataset, pids, cache_dir, progress)
-    if run_kind(run_dir, config) == "clinical":
+    kind = run_kind(run_dir, config)
+    if kind == "clinical":
         return predict_clinical(run_dir, config, dataset, pids, cache_dir), None
-    return predict_embed(run_dir, config, dataset, pids, cache_dir, progress)
+    predict = predict_embed if kind == "embed" else predict_finetune
+    return predict(run_dir, config, dataset, pids, cache_dir, progress)
 
 
 def predict_patients(runs: RunSet, params: FusionParams, dataset: Dataset, pids: list[str], cache_dir: Path,
