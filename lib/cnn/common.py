@@ -12,6 +12,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from lib.data.clinical import CLINICAL_FEATURES
+from lib.data.dataset import Dataset
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) global generators."""
@@ -119,6 +122,21 @@ def apply_clinical_stats(table: pd.DataFrame, stats: dict) -> pd.DataFrame:
     """Z-score clinical columns with given stats ({"mean", "std"}: Series or the dicts a checkpoint holds)."""
     mean, std = (pd.Series(stats[k]) for k in ("mean", "std"))
     return (table - mean) / std
+
+
+def clinical_table(dataset: Dataset) -> pd.DataFrame:
+    """The clinical features of every patient of the dataset, as floats."""
+    return dataset.patients[CLINICAL_FEATURES].astype(float)
+
+
+def fit_clinical_stats(dataset: Dataset, train_ids) -> dict[str, dict]:
+    """A fold's clinical standardisation, fitted on its training patients, in the form a checkpoint stores."""
+    return {k: v.to_dict() for k, v in clinical_stats(clinical_table(dataset), train_ids).items()}
+
+
+def clinical_inputs_of(dataset: Dataset, stats: dict | None) -> pd.DataFrame | None:
+    """Every patient's clinical features standardised with a fold's stats (None without clinical fusion)."""
+    return None if stats is None else apply_clinical_stats(clinical_table(dataset), stats)
 
 
 def patient_rng(seed: int, fold: int, pid: str) -> np.random.Generator:

@@ -19,14 +19,13 @@ import torch
 from sklearn.decomposition import PCA
 from lib.core.progress import tqdm
 
-from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.cnn.embedding import Embeddings
 from lib.cnn.settings import HeadSettings, clinical_inputs
 from lib.models import anomaly_scores, create_head, fit_anomaly_model
-from lib.cnn.common import (FoldResult, apply_clinical_stats, batches, cell_table, class_weights, clinical_stats,
-                                 cosine_schedule, eval_subsets, fold_seed, pad_bags, patient_rng, sample_cells,
-                                 score_bag, seed_everything, weighted_bce)
+from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_inputs_of, cosine_schedule,
+                            eval_subsets, fit_clinical_stats, fold_seed, pad_bags, patient_rng, sample_cells,
+                            score_bag, seed_everything, weighted_bce)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,7 @@ def prepare_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, 
     if with_anomaly:
         fitted["anomaly_model"] = fit_anomaly_model(reactive_train_cells(emb, dataset, train_ids), seed=seed)
     if s.clinical_fusion:
-        features = dataset.patients[CLINICAL_FEATURES].astype(float)
-        fitted["clinical_stats"] = {k: v.to_dict() for k, v in clinical_stats(features, train_ids).items()}
+        fitted["clinical_stats"] = fit_clinical_stats(dataset, train_ids)
     return FoldData(*fitted_tensors(raw, fitted, dataset), dataset.patients["LABEL"], fitted)
 
 
@@ -98,9 +96,8 @@ def fitted_tensors(raw: dict[str, np.ndarray], fitted: dict, dataset: Dataset) -
         model = fitted["anomaly_model"]
         anomaly = {pid: torch.from_numpy(anomaly_scores(model, a.reshape(-1, a.shape[-1])).reshape(a.shape[:2]))
                    for pid, a in raw.items()}
-    clinical = None
-    if "clinical_stats" in fitted:
-        table = apply_clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), fitted["clinical_stats"])
+    table, clinical = clinical_inputs_of(dataset, fitted.get("clinical_stats")), None
+    if table is not None:
         clinical = {pid: torch.tensor(table.loc[pid].to_numpy(), dtype=torch.float32) for pid in raw}
     return x, anomaly, clinical
 

@@ -24,16 +24,16 @@ from torch.utils.data import DataLoader
 from lib.core.progress import tqdm
 
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
-from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
 from lib.cnn.device import autocast_dtype, training_autocast_dtype
 from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
 from lib.models import create_head
 from lib.models.backbones import freeze_blocks
-from lib.cnn.common import (FoldResult, apply_clinical_stats, batches, cell_table, class_weights, clinical_stats,
-                            cosine_schedule, eval_subsets, fold_seed, load_training_state, optimizer_step, pad_bags,
-                            patient_rng, sample_cells, save_training_state, score_bag, seed_everything, weighted_bce)
+from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_inputs_of, cosine_schedule,
+                            eval_subsets, fit_clinical_stats, fold_seed, load_training_state, optimizer_step,
+                            pad_bags, patient_rng, sample_cells, save_training_state, score_bag, seed_everything,
+                            weighted_bce)
 
 log = logging.getLogger(__name__)
 
@@ -215,22 +215,15 @@ def fold_model(backbone: nn.Module, s: FinetuneSettings, fold: int, device: torc
     return build_model(backbone, s).to(device, memory_format=torch.channels_last)
 
 
-def clinical_inputs_of(dataset: Dataset, stats: dict | None) -> pd.DataFrame | None:
-    """Standardised clinical rows of the dataset's patients (None without clinical fusion)."""
-    if stats is None:
-        return None
-    return apply_clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), stats)
-
-
 def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dataset, s: FinetuneSettings,
                device: torch.device, train_ids, valid_ids, test_ids, fold: int, fold_dir: Path) -> FoldResult:
     """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
     seed_everything(fold_seed(s.seed, fold))
     model = fold_model(make_backbone(), s, fold, device)
-    stats = clinical_stats(dataset.patients[CLINICAL_FEATURES].astype(float), train_ids) if s.clinical_fusion else None
+    stats = fit_clinical_stats(dataset, train_ids) if s.clinical_fusion else None
     state = {"head_name": s.head, "head_args": s.head_args, "clinical_fusion": s.clinical_fusion}
     if stats is not None:
-        state["clinical_stats"] = {k: v.to_dict() for k, v in stats.items()}
+        state["clinical_stats"] = stats
     trainer = Trainer(model, cache, data_config, dataset.patients["LABEL"], clinical_inputs_of(dataset, stats), s,
                       device, fold)
     history = fit(trainer, sorted(train_ids), fold_dir)
