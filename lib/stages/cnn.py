@@ -39,6 +39,7 @@ from lib.stages.cv import cross_validate
 
 log = logging.getLogger(__name__)
 REGIMES = ("embed", "finetune")
+FOLD_MODEL = {"embed": "head.pt", "finetune": "model.pt"}  # each fold's saved model, by regime (predict.py reads it)
 
 
 # ----------------------------------------------------------------------------- options
@@ -255,7 +256,7 @@ def embed_fit_predict(stage: Stage, setup: Setup, timings: dict):
 
     def fit_predict(train, valid, test, fold):
         result = embed_mil.train_fold(emb, stage.dataset, settings, train, valid, test, fold)
-        save_fold(stage.run_dir, fold, result, "head.pt")
+        save_fold(stage.run_dir, fold, result, FOLD_MODEL["embed"])
         return result.valid, result.test
     return fit_predict
 
@@ -269,7 +270,7 @@ def finetune_fit_predict(stage: Stage, setup: Setup, timings: dict):
     def fit_predict(train, valid, test, fold):
         result = finetune.train_fold(lambda: setup.fresh_backbone(args), cache, setup.data_config, stage.dataset,
                                      settings, setup.device, train, valid, test, fold, fold_dir(stage.run_dir, fold))
-        save_fold(stage.run_dir, fold, result, "model.pt")
+        save_fold(stage.run_dir, fold, result, FOLD_MODEL["finetune"])
         return result.valid, result.test
     return fit_predict
 

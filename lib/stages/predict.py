@@ -38,7 +38,7 @@ from lib.models import clinical as estimator
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 from lib.stages.bagging import bagged_sources
 from lib.stages.clinical import model_path
-from lib.stages.cnn import check_crop, fold_dir, mean_weights
+from lib.stages.cnn import FOLD_MODEL, check_crop, fold_dir, mean_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
 
 def _load_heads(run_dir: Path) -> list[dict]:
     """Every fold's head.pt of an embed-regime run."""
-    return [torch.load(fold_dir(run_dir, k) / "head.pt", map_location="cpu", weights_only=False)
+    return [torch.load(fold_dir(run_dir, k) / FOLD_MODEL["embed"], map_location="cpu", weights_only=False)
             for k in range(n_folds_of(run_dir))]
 
 
@@ -114,7 +114,7 @@ def predict_finetune(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
     cache = load_image_cache(dataset, config["crop"], cache_dir, progress=progress)
     per_fold, cells = {}, []
     for k in range(n_folds_of(run_dir)):
-        state = torch.load(fold_dir(run_dir, k) / "model.pt", map_location=device, weights_only=False)
+        state = torch.load(fold_dir(run_dir, k) / FOLD_MODEL["finetune"], map_location=device, weights_only=False)
         backbone = build_backbone(config["backbone"], None, config["seed"])  # every weight comes from model.pt
         data_config = embed_data_config(backbone, config["crop"], config["input_size"])
         per_fold[k], fold_cells = finetune.predict_fold(state, backbone, cache, data_config, dataset, settings, device,
@@ -141,8 +141,8 @@ def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None
             check_runs(sources, [read_run_config(p) for p in sources], dataset)
             continue
         kind, n_folds = run_kind(Path(path), config), n_folds_of(path)
-        saved = {"clinical": None, "embed": "head.pt", "finetune": "model.pt"}[kind]
-        models = [model_path(path, k) if saved is None else fold_dir(path, k) / saved for k in range(n_folds)]
+        models = [model_path(path, k) if kind == "clinical" else fold_dir(path, k) / FOLD_MODEL[kind]
+                  for k in range(n_folds)]
         missing = [m for m in models if not m.exists()]
         if missing:
             raise DataError(f"{missing[0]}: fold model not found (re-run the stage that made {path})")
