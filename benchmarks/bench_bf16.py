@@ -9,7 +9,6 @@ precision and the fold-0 validation probabilities' agreement. The loss curves go
 """
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
 from lib.cnn.device import cpu_has_bf16  # noqa: E402
-from lib.core.bench import publish  # noqa: E402
+from lib.core.bench import bench_runs_dir, publish  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, RUNS_DIR  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 from lib.data.locate import resolve_data_dir  # noqa: E402
@@ -77,8 +76,7 @@ def result_lines(results: dict) -> list[str]:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench_bf16_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_bf16_") as runs_dir:
         results = {label: train(args, runs_dir, label) for label in RUNS}
         plot(results, args.plot)
         lines = result_lines(results)

@@ -8,14 +8,13 @@ dated block to BENCHMARKS.md (unless --no-append).
 """
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
-from lib.core.bench import publish  # noqa: E402
+from lib.core.bench import bench_runs_dir, publish  # noqa: E402
 from lib.features.tables import FEATURE_SETS  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
@@ -63,8 +62,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Run every seed, print the summary and append it to BENCHMARKS.md."""
     args = parse_args(argv)
     lines = [f"- data: {args.data_dir}"]
-    with tempfile.TemporaryDirectory(prefix="bench_clinical_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_clinical_") as runs_dir:
         for feature_set in args.feature_sets:
             began = time.perf_counter()
             results = {seed: run_seed(args, feature_set, seed, runs_dir) for seed in args.seeds}

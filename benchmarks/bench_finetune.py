@@ -14,7 +14,6 @@ import argparse
 import json
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ensemble  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import bagged_line, publish, quality_line  # noqa: E402
+from lib.core.bench import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.stages.bagging import bag_runs  # noqa: E402
@@ -169,8 +168,7 @@ def result_lines(args, runs_dir: Path, tuned: dict, reference: dict, blends: dic
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_finetune_") as runs_dir:
         lines = result_lines(args, runs_dir, *run_all(args, runs_dir))
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
     publish("CNN-MIL fine-tuned end to end on the CPU, repeated CV", lines, __file__, argv, append=not args.no_append)

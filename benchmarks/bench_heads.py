@@ -13,7 +13,6 @@ finetune probe trains the backbone end to end for 2 epochs on fold 0 and reports
 """
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, cnn_run_speed, publish,  # noqa: E402
+from lib.core.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, bench_runs_dir, cnn_run_speed, publish,  # noqa: E402
                        embed_rate_line, head_training_line)
 from lib.data.dataset import load_dataset  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
@@ -94,8 +93,7 @@ def main(argv=None) -> list[str]:
     args = parse_args(argv)
     results: dict[str, list[dict]] = {}
     clinical = []
-    with tempfile.TemporaryDirectory(prefix="bench_heads_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_heads_") as runs_dir:
         for seed in args.seeds:
             clinical.append(train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
                                                  str(runs_dir), "--experiment", f"heads_clinical_s{seed}"]))

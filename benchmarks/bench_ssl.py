@@ -14,7 +14,6 @@ Speed: pretraining wall time and training img/s, with the FLOP rate against the 
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +24,7 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import bagged_line, publish, quality_line  # noqa: E402
+from lib.core.bench import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
@@ -153,8 +152,7 @@ def result_lines(args, runs_dir: Path, ssl_dir: Path, clinical: list[dict], cnn:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench_ssl_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_ssl_") as runs_dir:
         lines = result_lines(args, runs_dir, *run_all(args, runs_dir))
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
     publish("Self-supervised cell encoder vs frozen ImageNet, repeated CV", lines, __file__, argv,

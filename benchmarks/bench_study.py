@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
-from lib.core.bench import publish  # noqa: E402
+from lib.core.bench import bench_runs_dir, publish  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.core.study import default_storage  # noqa: E402
 
@@ -84,8 +83,7 @@ def result_lines(summary: dict, seconds: dict[str, list[float]], wall: float) ->
 def main(argv: list[str] | None = None) -> list[str]:
     """Run the study, print the numbers, append them to BENCHMARKS.md."""
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench_study_") as tmp:
-        runs_dir = args.runs_dir or Path(tmp)
+    with bench_runs_dir(args.runs_dir, "bench_study_") as runs_dir:
         summary, wall = run_study(args, runs_dir)
         lines = result_lines(summary, trial_seconds(runs_dir), wall)
     logging.getLogger().handlers.clear()

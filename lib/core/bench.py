@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,16 @@ def publish(title: str, lines: list[str], script: str, argv: list[str] | None, a
         args = sys.argv[1:] if argv is None else argv
         command = " ".join(["python", f"benchmarks/{Path(script).name}", *args])
         print(f"appended to {append_benchmark(title, command, lines)}")
+
+
+@contextmanager
+def bench_runs_dir(chosen: Path | None, prefix: str):
+    """A benchmark's runs directory: ``chosen`` (--runs-dir, kept) when given, else a temporary one removed after."""
+    if chosen is not None:
+        yield Path(chosen)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def quality_line(name: str, runs: list[dict]) -> str:
