@@ -11,10 +11,9 @@ from pathlib import Path
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, config_dict, parse_config
 from lib.core.errors import DataError
-from lib.fusion.runs import load_runs
-from lib.stages.ensemble import run_ensemble
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
+from lib.fusion.runs import load_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         if value is not None and value < 1:
             raise DataError(f"{option} {value} must be >= 1")
     runs = load_runs(args.runs)  # settings and runs are checked before the run directory is created
+    from lib.stages.ensemble import run_ensemble  # Optuna: after the checks
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
     result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
                       args.experiment)

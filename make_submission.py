@@ -12,12 +12,11 @@ import pandas as pd
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, parse_config
-from lib.data.dataset import load_dataset
 from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
+from lib.data.dataset import load_dataset
 from lib.fusion.fuse import FusionParams
 from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
-from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     if Path(args.out).is_dir():
         raise DataError(f"{args.out}: --out names a directory, not a submission file to write")
     runs, params, source = resolve_runs(args)
+    from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission  # scikit-learn
     data_dir, test_ids = test_ids_of(args, runs)
     check_runs_cover_test(runs, test_ids, data_dir)
     out, out_proba = write_submission(fused_test(runs, params), params.threshold, test_ids, args.out)

@@ -12,9 +12,12 @@ shared by the fold seeds) and the CNN stages embed the cells with it (configs/cn
 encoder) joins the blend as one more model.
 """
 import argparse
+import importlib
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -22,14 +25,15 @@ import yaml
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
 from lib.core.errors import DataError
-from lib.models.backbones import resolve_weights
+from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
+from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
 from lib.stages.bagging import bag_runs
-from lib.data.dataset import load_dataset
-from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 
 MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
-FINETUNE_CONFIG = "configs/cnn_cpu_finetune.yaml"
+FINETUNE_CONFIG = CONFIGS_DIR / "cnn_cpu_finetune.yaml"
+PATH_OPTIONS = ("data_dir", "out", "runs_dir", "folds_dir", "cache_dir", "cnn_config", "pretrain_config",
+                "with_finetune")  # resolved once against the caller's directory: the stages run in the repository
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,18 +48,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--folds-dir", type=Path, default=FOLDS_DIR, help="where the fold files are")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="decoded-image, weights, embedding and "
                         "morphometry caches")
-    parser.add_argument("--cnn-config", default=None,
+    parser.add_argument("--cnn-config", type=Path, default=None,
                         help="train_cnn.py preset (default configs/cnn_cpu.yaml; with --pretrain-config "
                              "configs/cnn_cpu_ssl.yaml)")
-    parser.add_argument("--pretrain-config", default=None,
+    parser.add_argument("--pretrain-config", type=Path, default=None,
                         help="first learn a self-supervised cell encoder with pretrain_cnn.py and this preset (e.g. "
                              "configs/pretrain_cpu.yaml, ~25 min on the shared data), then embed the cells with it")
-    parser.add_argument("--with-finetune", nargs="?", const=FINETUNE_CONFIG, default=None, metavar="CONFIG",
+    parser.add_argument("--with-finetune", nargs="?", type=Path, const=FINETUNE_CONFIG, default=None, metavar="CONFIG",
                         help="add a CNN fine-tuned end to end to the blend (train_cnn.py --regime finetune preset; "
-                             f"the flag alone: {FINETUNE_CONFIG}, initialised from the --pretrain-config encoder; "
+                             f"the flag alone: {FINETUNE_CONFIG.relative_to(REPO_DIR)}, initialised from the --pretrain-config encoder; "
                              "~7 min per fold seed on 2 CPU cores with the shared data)")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option in PATH_OPTIONS:
+        value = getattr(args, option)
+        setattr(args, option, None if value is None else Path(value).expanduser().resolve())
+    return args
 
 
 def models(args: argparse.Namespace) -> tuple[str, ...]:
@@ -67,10 +75,11 @@ def check_finetune(args: argparse.Namespace) -> None:
     """Before any stage: the fine-tune preset exists, and its weights do unless the encoder is learnt here."""
     if not args.with_finetune:
         return
-    config = Path(args.with_finetune)
+    config = args.with_finetune
     if not config.is_file():
         raise DataError(f"{config}: --with-finetune config not found")
     if not args.pretrain_config:
+        from lib.models.backbones import resolve_weights  # torch, timm: only with --with-finetune
         weights = str((yaml.safe_load(config.read_text()) or {}).get("weights", "lite0"))
         try:  # the stages run in the repository: a relative weights path is relative to it
             resolve_weights(weights if weights in ("lite0", "none") else str(REPO_DIR / weights), args.cache_dir)
@@ -81,7 +90,7 @@ def check_finetune(args: argparse.Namespace) -> None:
 
 def pretrain_stage(data_dir: Path, name: str, args: argparse.Namespace) -> tuple[str, list[str]]:
     """The label-free encoder of the data directory, shared by every fold seed: runs/<dataset>_ssl/."""
-    return ("pretrain", ["pretrain_cnn.py", "-c", args.pretrain_config, "--data-dir", str(data_dir), "--runs-dir",
+    return ("pretrain", ["pretrain_cnn.py", "-c", str(args.pretrain_config), "--data-dir", str(data_dir), "--runs-dir",
                          str(args.runs_dir), "--cache-dir", str(args.cache_dir), "--experiment", f"{name}_ssl",
                          "--resume"])
 
@@ -97,9 +106,9 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     data = ["--data-dir", str(data_dir)]
     folds = ["--fold-seed", str(seed), "--folds-dir", str(args.folds_dir)]
     common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
-    cnn = ["train_cnn.py", "-c", args.cnn_config, *common, *encoder_weights(name, args)]
+    cnn = ["train_cnn.py", "-c", str(args.cnn_config), *common, *encoder_weights(name, args)]
     run = {name: f"{tag}/{name}" for name in models(args)}
-    finetune = [("cnn_finetune", ["train_cnn.py", "-c", args.with_finetune, *common, *encoder_weights(name, args),
+    finetune = [("cnn_finetune", ["train_cnn.py", "-c", str(args.with_finetune), *common, *encoder_weights(name, args),
                                   "--experiment", run["cnn_finetune"]])] if args.with_finetune else []
     return [
         ("prepare", ["prepare_data.py", *data, *folds]),
@@ -124,13 +133,47 @@ def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tup
     ]
 
 
-def run_stage(name: str, command: list[str], seconds: dict[str, float]) -> None:
-    """Run one stage script; stop the pipeline (one line) when it fails."""
+def run_child(command: list[str]) -> int:
+    """Run a stage script in the repository and wait for it; SIGTERM/SIGINT sent to the pipeline are forwarded to
+    the stage, which stops cleanly (and resumes on a re-run), and the pipeline waits for it: no orphan is left."""
+    child = subprocess.Popen([sys.executable, *command], cwd=REPO_DIR, process_group=0)  # Ctrl-C reaches it once
+
+    def forward(signum, _frame):
+        child.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_in_process(command: list[str]) -> int:
+    """Run a stage script's ``main(argv)`` in this process, through the same one-line error wrapper; its exit code.
+
+    For callers that run the pipeline from Python many times (the tests): no interpreter start and no torch
+    import per stage. The command line always runs each stage as its own process (``run_child``).
+    """
+    module = importlib.import_module(Path(command[0]).stem)
+    try:
+        run_main(module.main, command[1:])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+Runner = Callable[[list[str]], int]
+
+
+def run_stage(name: str, command: list[str], seconds: dict[str, float], runner: Runner = run_child) -> None:
+    """Run one stage script; stop the pipeline (one line) when it fails or was stopped by a signal."""
     print(f"\n=== {name}: {' '.join(command)}", flush=True)
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, *command], cwd=REPO_DIR)
-    if done.returncode:
-        sys.exit(f"pipeline: stage {name} failed (exit {done.returncode}); fix it and re-run to resume")
+    code = runner(command)
+    if code < 0:
+        sys.exit(f"pipeline: stage {name} stopped by {signal.Signals(-code).name}; re-run the same command to resume")
+    if code:
+        sys.exit(f"pipeline: stage {name} failed (exit {code}); fix it and re-run to resume")
     seconds[name] = time.perf_counter() - began
     print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
 
@@ -146,23 +189,23 @@ def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: d
     return tag
 
 
-def main(argv=None) -> dict[str, float]:
-    """Run every stage; return the wall time of each (seconds)."""
+def main(argv=None, runner: Runner = run_child) -> dict[str, float]:
+    """Run every stage (``runner``: each as its own process, or ``run_in_process``); return the wall time of each
+    (seconds)."""
     args = parse_args(argv)
-    args.runs_dir = args.runs_dir.resolve()
     data_dir = resolve_data_dir(args.data_dir)
     name, seeds = load_dataset(data_dir).name, args.fold_seeds or [args.fold_seed]
     start, seconds = time.perf_counter(), {}
     check_finetune(args)
-    args.cnn_config = args.cnn_config or ("configs/cnn_cpu_ssl.yaml" if args.pretrain_config else "configs/cnn_cpu.yaml")
+    args.cnn_config = args.cnn_config or CONFIGS_DIR / ("cnn_cpu_ssl.yaml" if args.pretrain_config else "cnn_cpu.yaml")
     if args.pretrain_config:
-        run_stage(*pretrain_stage(data_dir, name, args), seconds)
+        run_stage(*pretrain_stage(data_dir, name, args), seconds, runner)
     for seed in seeds:
         for stage, command in model_stages(data_dir, name, seed, args):
-            run_stage(stage if len(seeds) == 1 else f"{stage}_s{seed}", command, seconds)
+            run_stage(stage if len(seeds) == 1 else f"{stage}_s{seed}", command, seconds, runner)
     tag = f"{name}_s{seeds[0]}" if len(seeds) == 1 else bag_models(name, seeds, args, seconds)
     for stage, command in blend_stages(data_dir, tag, args):
-        run_stage(stage, command, seconds)
+        run_stage(stage, command, seconds, runner)
     print(f"\npipeline: {args.out} written in {time.perf_counter() - start:.0f} s; "
           f"runs in {args.runs_dir / tag}, report {args.runs_dir / tag / 'ensemble' / 'report' / 'index.html'}")
     return seconds

@@ -22,9 +22,6 @@ from lib.core.io import atomic_write_csv
 from lib.core.paths import CACHE_DIR
 from lib.data.dataset import load_dataset
 from lib.fusion.runs import load_ensemble_runs
-from lib.stages.predict import predict_patients
-from lib.stages.report.scored import scored_report
-from lib.stages.submission import write_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +54,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_config(build_parser(), argv)
     runs, params, _ = load_ensemble_runs(args.ensemble)
     dataset = load_dataset(args.data_dir, scoring_only=True)
+    from lib.stages.predict import predict_patients  # torch, timm, scikit-learn: after the checks
+    from lib.stages.report.scored import scored_report
+    from lib.stages.submission import write_submission
     pids = sorted(dataset.patients.index if args.all_patients else dataset.test.index)
     table, cells = predict_patients(runs, params, dataset, pids, args.cache_dir, args.progress)
     out, out_proba = write_submission(table["blend"], params.threshold, pids, args.out)

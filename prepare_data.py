@@ -8,9 +8,8 @@ from lib.core.config import ArgParser
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR, FOLDS_DIR
 from lib.data.dataset import load_dataset
-from lib.data.locate import resolve_data_dir
 from lib.data.folds import DEFAULT_N_SPLITS, DEFAULT_SEED, fold_counts, folds_path, load_folds
-from lib.data.images import load_image_cache
+from lib.data.locate import resolve_data_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +39,7 @@ def main(argv=None) -> None:
           f"{dataset.patients.n_images.max()} per patient)")
     print(f"folds: {path}\n{fold_counts(folds, dataset).to_string()}")
     if args.cache:
+        from lib.data.images import load_image_cache  # OpenCV
         load_image_cache(dataset, args.cache, args.cache_dir)
 
 

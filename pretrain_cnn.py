@@ -16,7 +16,7 @@ from lib.core.config import ArgParser, add_run_args, config_dict, parse_config
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
 from lib.stages.context import load_stage_data
-from lib.stages.pretrain import ENCODER, add_pretrain_args, check_data, check_options, run_pretrain
+from lib.stages.options import add_pretrain_args, check_pretrain_ranges
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     """Validate the options and data, then pretrain (or resume); return the encoder record."""
     args = parse_config(build_parser(), argv)
-    backbone, data_config, device = check_options(args)
+    check_pretrain_ranges(args)
     dataset = load_stage_data(args)
+    from lib.stages.pretrain import ENCODER, check_data, check_options, run_pretrain  # torch, timm: after the checks
+    backbone, data_config, device = check_options(args)
     check_data(args, dataset)
     args.experiment = args.experiment or "pretrain"
     run_dir = create_run((args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)

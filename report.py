@@ -10,7 +10,6 @@ from pathlib import Path
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
-from lib.stages.report.build import build_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from lib.stages.report.build import build_report  # matplotlib, OpenCV: after the options
     index = build_report(args.ensemble, args.data_dir, args.out, args.cells, args.max_errors,
                          progress=not args.no_progress)
     print(f"report: {index}")

@@ -9,25 +9,15 @@ searches feature set, penalty and C (lib/hpo/clinical.py), one run per trial und
 import argparse
 
 from lib.core.cli import run_main
-from lib.stages.context import load_stage_data, open_stage
-from lib.models.clinical import PENALTIES, parse_c
-from lib.stages.clinical import check_clinical_options, train_clinical
 from lib.core.config import ArgParser, add_common_args, parse_config
-from lib.features.tables import FEATURE_SETS
-from lib.hpo import add_study_args, run_study
+from lib.hpo.options import add_study_args
+from lib.stages.context import load_stage_data, open_stage
+from lib.stages.options import add_clinical_args, check_clinical_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Common options plus the clinical model's own."""
-    parser = add_common_args(ArgParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
-                        help="patient features (see lib/features/tables.py)")
-    parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
-    parser.add_argument("--C", type=parse_c, default=None,
-                        help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")
-    parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
-    parser.set_defaults(stage="clinical")
-    return add_study_args(parser)
+    return add_study_args(add_clinical_args(add_common_args(ArgParser(description=__doc__.splitlines()[0]))))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,8 +26,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_config(parser, argv)
     if args.study:
         from lib.hpo.clinical import clinical_plan
+        from lib.hpo.runner import run_study
         return run_study(args, parser, clinical_plan())
     check_clinical_options(args)  # every setting and the data are checked before the run directory exists
+    from lib.stages.clinical import train_clinical  # scikit-learn: after the checks (never torch)
     stage = open_stage(args, default_experiment="clinical", dataset=load_stage_data(args))
     metrics = train_clinical(stage)
     print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "

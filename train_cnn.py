@@ -14,9 +14,9 @@ import argparse
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, add_common_args, parse_config
-from lib.hpo import add_study_args, run_study
-from lib.stages.cnn import add_cnn_args, check_data, check_options, run_cnn
+from lib.hpo.options import add_study_args
 from lib.stages.context import load_stage_data, open_stage
+from lib.stages.options import add_cnn_args, check_cnn_ranges
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Validate the inputs, then cross-validate the CNN (or run a study); return the OOF metrics (or the summary)."""
+    """Validate the inputs, then cross-validate the CNN (or run a study); return the OOF metrics (or the summary).
+
+    The options and the data tables are checked before torch and timm are imported (a typo answers at once).
+    """
     parser = build_parser()
     args = parse_config(parser, argv)
     if args.study:
         from lib.hpo.cnn import cnn_plan
+        from lib.hpo.runner import run_study
         return run_study(args, parser, cnn_plan())
-    setup = check_options(args)
+    check_cnn_ranges(args)
     dataset = load_stage_data(args)
+    from lib.stages.cnn import check_data, check_options, run_cnn  # torch, timm, albumentations
+    setup = check_options(args)
     check_data(args, dataset)
     stage = open_stage(args, default_experiment=f"cnn_{args.regime}", dataset=dataset)
     metrics = run_cnn(stage, setup)

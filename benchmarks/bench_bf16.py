@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
+from benchmarks.common import bench_runs_dir, publish  # noqa: E402
 from lib.cnn.device import cpu_has_bf16  # noqa: E402
-from lib.core.bench import bench_runs_dir, publish  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, RUNS_DIR  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 from lib.data.locate import resolve_data_dir  # noqa: E402

@@ -11,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
-from lib.core.bench import bench_runs_dir, publish  # noqa: E402
-from lib.features.tables import FEATURE_SETS  # noqa: E402
+from benchmarks.common import bench_runs_dir, publish  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
+from lib.features.tables import FEATURE_SETS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

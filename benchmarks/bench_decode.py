@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib.core.bench import publish  # noqa: E402
+from benchmarks.common import publish  # noqa: E402
+from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 from lib.data.dataset import load_dataset  # noqa: E402
 from lib.data.images import load_image_cache, read_image  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> str:

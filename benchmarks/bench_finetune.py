@@ -24,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ensemble  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
+from benchmarks.common import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.stages.bagging import bag_runs  # noqa: E402

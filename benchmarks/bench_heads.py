@@ -15,17 +15,24 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import (LITE0_GFLOP_112, MATMUL_GFLOPS, bench_runs_dir, cnn_run_speed, publish,  # noqa: E402
-                       embed_rate_line, head_training_line)
-from lib.data.dataset import load_dataset  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LITE0_GFLOP_112,
+    bench_runs_dir,
+    cnn_run_speed,
+    embed_rate_line,
+    head_training_line,
+    matmul_gflops,
+    publish,
+    quality_line,
+)
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+from lib.data.dataset import load_dataset  # noqa: E402
 
 BAG_SCORED = ["--eval-bags", "16"]  # max/top-k/CHOWDER: score on the 16-cell bags they were trained on
 VARIANTS = {
@@ -67,16 +74,10 @@ def run_variant(args, name: str, extra: list[str], seed: int, runs_dir: Path) ->
     return {**metrics, **cnn_run_speed(runs_dir / experiment), "fold_seed": seed}
 
 
-def quality_line(name: str, runs: list[dict]) -> str:
-    ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
-    wall = np.mean([r["total_seconds"] for r in runs])
-    return (f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)}); "
-            f"{wall:.0f} s per 5-fold run")
-
-
 def speed_lines(results: dict[str, list[dict]], n_train: float) -> list[str]:
     """Embedding img/s of cold runs, head-training bags/s, finetune training img/s."""
-    lines = [embed_rate_line(f"{name}, fold seed {r['fold_seed']}", r)
+    peak = matmul_gflops()
+    lines = [embed_rate_line(f"{name}, fold seed {r['fold_seed']}", r, peak)
              for name, runs in results.items() for r in runs if r.get("embedded_images")]
     heads = [r for name, runs in results.items() if name != PROBE for r in runs]
     if heads:
@@ -85,7 +86,7 @@ def speed_lines(results: dict[str, list[dict]], n_train: float) -> list[str]:
         rate = r["epochs_run"] * n_train * r["bag_size"] / r["epoch_seconds"]
         lines.append(f"- finetune probe (EfficientNet-Lite0 end to end, 112 px, heavy aug, fold 0, 2 epochs, CPU): "
                      f"{rate:.0f} training img/s, ~{rate * 3 * LITE0_GFLOP_112:.0f} GFLOP/s (forward+backward "
-                     f"~3x forward) of {MATMUL_GFLOPS}; BA of 2 epochs is not a quality figure")
+                     f"~3x forward) of {peak:.0f} measured; BA of 2 epochs is not a quality figure")
     return lines
 
 
@@ -101,14 +102,14 @@ def main(argv=None) -> list[str]:
             seeds = args.seeds[:1] if name == PROBE else args.seeds
             extra = PROBE_ARGS if name == PROBE else VARIANTS[name]
             results[name] = [run_variant(args, name, extra, seed, runs_dir) for seed in seeds]
-            print(quality_line(name, results[name]) if name != PROBE else f"{name}: done", flush=True)
+            print(quality_line(name, results[name], wall=True) if name != PROBE else f"{name}: done", flush=True)
     n_train = len(load_dataset(args.data_dir).train) * 4 / 5  # training patients of a 5-fold split
     lines = [f"- data: {args.data_dir}; preset {args.config.name} (EfficientNet-Lite0 ImageNet, 112 px, heavy views, "
              f"mean head, clinical fusion) with one option changed per variant; fold seeds "
              f"{', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds of the fold mean",
              f"- clinical (baseline, same folds): BA {mean_std([c['ba_mean'] for c in clinical])}, "
              f"AUC {mean_std([c['auc_mean'] for c in clinical])}"]
-    lines += [quality_line(name, runs) for name, runs in results.items() if name != PROBE]
+    lines += [quality_line(name, runs, wall=True) for name, runs in results.items() if name != PROBE]
     lines += speed_lines(results, n_train)
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
     publish("CNN-MIL heads and variants, repeated CV", lines, __file__, argv, append=not args.no_append)

@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402
-from lib.core.bench import cnn_run_speed, embed_rate_line, head_training_line, publish  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
+from benchmarks.common import cnn_run_speed, embed_rate_line, head_training_line, matmul_gflops, publish  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
+from lib.data.dataset import load_dataset  # noqa: E402
 
 CNN_MODELS = ("cnn", "cnn_attention")
 
@@ -54,10 +54,11 @@ def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
 def cnn_speed_lines(run_roots: dict[int, Path], n_train: float) -> list[str]:
     """Embedding img/s (the cold run, else a cache note) and head-training speed of the CNN stages."""
     runs = {seed: {m: cnn_run_speed(root / m) for m in CNN_MODELS} for seed, root in run_roots.items()}
-    lines = [embed_rate_line(f"{m}, seed {seed}", r) for seed, by_model in runs.items()
+    peak = matmul_gflops()
+    lines = [embed_rate_line(f"{m}, seed {seed}", r, peak) for seed, by_model in runs.items()
              for m, r in by_model.items() if r.get("embedded_images")]
     if not lines:
-        lines.append(embed_rate_line("every seed", {}))
+        lines.append(embed_rate_line("every seed", {}, peak))
     lines.append(head_training_line("cnn and cnn_attention, every seed",
                                     [r for by_model in runs.values() for r in by_model.values()], n_train))
     return lines

@@ -24,13 +24,12 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from lib.core.bench import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
+from benchmarks.common import bagged_line, bench_runs_dir, matmul_gflops, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
 from lib.stages.bagging import bag_runs  # noqa: E402
 
-MATMUL_GFLOPS = {"fp32": 190, "bf16": 1150}  # torch matmul on this machine's 2 cores (DEVELOPERS.md)
 ENCODERS = {"imagenet": CONFIGS_DIR / "cnn_cpu.yaml", "ssl": CONFIGS_DIR / "cnn_cpu_ssl.yaml"}
 
 
@@ -92,14 +91,15 @@ def train_gflop_per_image(record: dict) -> float:
 def speed_lines(record: dict, ssl_dir: Path) -> list[str]:
     gflop = train_gflop_per_image(record)
     rate = float(pd.read_csv(ssl_dir / "log.csv")["img_per_s"].median())  # robust to an epoch slowed by other load
-    peak = MATMUL_GFLOPS.get(record["precision"], MATMUL_GFLOPS["fp32"])
+    peaks = {dtype: matmul_gflops(dtype) for dtype in ("fp32", "bf16")}  # measured now: the CPU kind changes
+    peak = peaks["bf16" if record["precision"] == "bf16" else "fp32"]
     return [f"- pretraining: {record['backbone']} from {record['init_weights']}, {record['crop']}->{record['input_size']} px, "
             f"{record['epochs']} epochs x {record['n_cells']} cells (scope {record['scope']}), batch {record['batch_size']}, "
             f"tau {record['temperature']}, {record['precision']} autocast: {record['seconds'] / 60:.1f} min of epochs, "
             f"{rate:.0f} training img/s = ~{rate * gflop:.0f} GFLOP/s ({gflop:.2f} GFLOP per image, forward+backward) "
-            f"against ~{MATMUL_GFLOPS['bf16']} (bf16) / ~{MATMUL_GFLOPS['fp32']} (fp32) GFLOP/s matmul; "
+            f"against ~{peaks['bf16']:.0f} (bf16) / ~{peaks['fp32']:.0f} (fp32) GFLOP/s matmul measured now; "
             f"final NT-Xent {record['loss_per_epoch'][-1]:.3f} (first epoch {record['loss_per_epoch'][0]:.3f}); "
-            f"{peak} GFLOP/s is the peak of the precision used"]
+            f"{peak:.0f} GFLOP/s is the peak of the precision used"]
 
 
 def bagging_lines(clinical: list[dict], cnn: dict, runs_dir: Path) -> list[str]:

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
-from lib.core.bench import bench_runs_dir, publish  # noqa: E402
+from benchmarks.common import bench_runs_dir, publish  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.core.study import default_storage  # noqa: E402
 

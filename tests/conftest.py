@@ -113,11 +113,14 @@ TINY_CNN = {"regime": "embed", "backbone": "test_efficientnet", "weights": "none
 
 @pytest.fixture(scope="session")
 def demo_pipeline(tmp_path_factory):
-    """The main job once on a small demo directory (tiny CNN): (data dir, runs dir, submission, stage seconds)."""
+    """The main job once on a small demo directory (tiny CNN): (data dir, runs dir, submission, stage seconds).
+
+    The stages run in this process (``pipeline.run_in_process``): the same scripts' ``main(argv)`` without an
+    interpreter start and a torch import each; tests/test_imports.py and the SIGTERM test run real processes."""
     import yaml
 
     import pipeline
-    from lib.data.demo import generate_demo
+    from lib.data.demo.build import generate_demo
     root = tmp_path_factory.mktemp("pipeline")
     data = generate_demo(root / "demo", n_train=18, n_test=4, cells=(16, 18), seed=3, progress=False)
     config = root / "cnn_tiny.yaml"
@@ -125,5 +128,5 @@ def demo_pipeline(tmp_path_factory):
     out = root / "submission.csv"
     seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(root / "runs"), "--out", str(out),
                              "--cnn-config", str(config), "--trials", "8", "--folds-dir", str(root / "folds"),
-                             "--cache-dir", str(root / "cache")])
+                             "--cache-dir", str(root / "cache")], runner=pipeline.run_in_process)
     return data, root / "runs", out, seconds

@@ -1,6 +1,6 @@
 """Tests for timm backbones, local weights loading and the offline EfficientNet-Lite0 conversion."""
-import timm
 import pytest
+import timm
 import torch
 
 from lib.core.errors import DataError

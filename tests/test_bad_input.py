@@ -1,13 +1,19 @@
-"""Every class of bad input or environment stops a real script with exit code 2 and one line naming the file
-or option, no traceback, and no run directory or *.tmp file left behind (README: Bad input)."""
-import subprocess
-import sys
+"""Every class of bad input or environment stops a script with exit code 2 and one line naming the file or
+option, nothing logged before it, and no run directory or *.tmp file left behind (README: Bad input).
+
+The cases run in-process through each script's ``main(argv)`` and the same ``run_main`` wrapper as the command
+line (a fresh interpreter per case cost ~5 s each); tests/test_imports.py runs every script once as a real
+process (a bad option: one line, exit 2, no traceback, no heavy import).
+"""
+import importlib
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cohort_rows, frame, make_2024
 
-from conftest import REPO, cohort_rows, frame, make_2024
+from lib.core.cli import run_main
 
 TRAIN, TEST = cohort_rows(n_train=12, n_test=3)
 TRAIN_CSV, TEST_CSV = Path("trainset") / "trainset_true.csv", Path("testset") / "testset_data.csv"
@@ -137,8 +143,17 @@ CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error l
 }
 
 
+def run_script(script: str, argv: list[str]) -> int:
+    """``script``'s main(argv) through run_main, as ``python script argv`` runs it; its exit code."""
+    try:
+        run_main(importlib.import_module(script.removesuffix(".py")).main, argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_line_exit_2(name, tmp_path):
+def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, caplog):
     script, setup, expected = CASES[name]
     data = make_2024(tmp_path / "data", train=TRAIN, test=TEST, n_cells=2, size=32)
     extra = setup(data, tmp_path)
@@ -147,12 +162,16 @@ def test_bad_input_is_one_line_exit_2(name, tmp_path):
     if script in (CLIN, CNN):
         argv += ["--runs-dir", str(tmp_path / "runs"), "--experiment", "bad"]
     argv += extra  # later options win (a blocked --folds-dir/--runs-dir/--cache-dir)
-    done = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    capsys.readouterr()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    code = run_script(script, argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0], lines[0]
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # nothing logged before the error
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir()), f"run directory left behind: {list(runs.iterdir())}"
     assert not list(tmp_path.rglob("*.tmp")), list(tmp_path.rglob("*.tmp"))

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_2024
+
 from lib.data.dataset import load_dataset
 from lib.data.images import load_image_cache
 
@@ -69,6 +69,7 @@ def test_morphometry_rows_follow_the_images(tmp_path, caplog):
 
 def test_embeddings_recomputed_when_images_are_replaced(tmp_path, caplog):
     import torch
+
     from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
 
     class Mean(torch.nn.Module):
@@ -93,6 +94,7 @@ def test_embeddings_recomputed_when_images_are_replaced(tmp_path, caplog):
 
 def test_full_disk_while_building_the_image_cache_is_a_data_error(tmp_path, monkeypatch):
     import errno
+
     from lib.core.errors import DataError
 
     def no_space(fd, offset, length):

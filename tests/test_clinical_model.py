@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cohort_rows, make_2024
 
 import ensemble
 import lib.data.folds
@@ -12,12 +13,11 @@ import lib.models.clinical as clinical_model
 import lib.stages.clinical as clinical_stage
 import make_submission
 import train_clinical
-from conftest import cohort_rows, make_2024
+from lib.core.errors import DataError
+from lib.data.dataset import load_dataset
+from lib.features.tables import feature_table
 from lib.stages.context import Stage
 from lib.stages.cv import check_unseen, cross_validate, fold_path
-from lib.data.dataset import load_dataset
-from lib.core.errors import DataError
-from lib.features.tables import feature_table
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TEST_ROWS, TRAIN_ROWS, frame, make_2024
+
+from lib.core.errors import DataError
 from lib.data.clinical import AGE_REFERENCE_DATE, parse_dob
 from lib.data.dataset import load_dataset
-from lib.core.errors import DataError
 
 
 def test_both_layouts_give_the_same_patients(data_2024, data_2021):

@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from lib.data import demo
-from lib.data.demo import build as demo_build
-from lib.data.clinical import age_years, normalise_gender, parse_dob
 from lib.core.errors import DataError
+from lib.data.clinical import age_years, normalise_gender, parse_dob
+from lib.data.demo import build as demo_build
+from lib.data.demo.cells import render_cell
+from lib.data.demo.cohort import sample_patients
 
 TINY = {"n_train": 6, "n_test": 3, "cells": (16, 18), "seed": 0}
 HEADER = "ID,LABEL,GENDER,DOB,LYMPH_COUNT"
@@ -46,7 +47,7 @@ def _dark_area(img: np.ndarray) -> int:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A tiny generated demo directory shared by the read-only tests."""
-    return demo.generate_demo(tmp_path_factory.mktemp("a") / "demo", progress=False, **TINY)
+    return demo_build.generate_demo(tmp_path_factory.mktemp("a") / "demo", progress=False, **TINY)
 
 
 def test_layout_and_columns(tiny: Path) -> None:
@@ -70,7 +71,7 @@ def test_layout_and_columns(tiny: Path) -> None:
 
 
 def test_truth_file_matches_test_ids(tiny: Path) -> None:
-    truth = _rows(tiny / demo.TRUTH_NAME)
+    truth = _rows(tiny / demo_build.TRUTH_NAME)
     test = _rows(tiny / "testset" / "testset_data.csv")
     assert [r["ID"] for r in truth] == [r["ID"] for r in test]
     assert {r["LABEL"] for r in truth} <= {"0", "1"}
@@ -86,16 +87,16 @@ def test_images_are_224_rgb(tiny: Path) -> None:
 
 
 def test_deterministic_and_seed_dependent(tiny: Path, tmp_path: Path) -> None:
-    again = demo.generate_demo(tmp_path / "demo", progress=False, **TINY)
-    for rel in ("trainset/trainset_true.csv", "testset/testset_data.csv", demo.TRUTH_NAME):
+    again = demo_build.generate_demo(tmp_path / "demo", progress=False, **TINY)
+    for rel in ("trainset/trainset_true.csv", "testset/testset_data.csv", demo_build.TRUTH_NAME):
         assert (tiny / rel).read_bytes() == (again / rel).read_bytes()
     assert _tree_hash(tiny) == _tree_hash(again)
-    other = demo.sample_patients(6, 3, (16, 18), seed=1)
-    assert [s.id for s in other] != [s.id for s in demo.sample_patients(6, 3, (16, 18), seed=0)]
+    other = sample_patients(6, 3, (16, 18), seed=1)
+    assert [s.id for s in other] != [s.id for s in sample_patients(6, 3, (16, 18), seed=0)]
 
 
 def test_dob_and_gender_quirks() -> None:
-    specs = demo.sample_patients(200, 60, seed=3)
+    specs = sample_patients(200, 60, seed=3)
     for split in ("train", "test"):
         dobs = [s.dob for s in specs if s.split == split]
         assert all(SLASH_DOB.match(d) or DASH_DOB.match(d) for d in dobs)
@@ -112,7 +113,7 @@ def test_tiny_set_still_has_dash_dob(tiny: Path) -> None:
 
 
 def test_clinical_signal_direction() -> None:
-    specs = demo.sample_patients(300, 1, seed=0)
+    specs = sample_patients(300, 1, seed=0)
     age = {lab: np.mean([age_years(parse_dob(s.dob)) for s in specs if s.label == lab])
            for lab in (0, 1)}
     lymph = {lab: np.median([s.lymph_count for s in specs if s.label == lab]) for lab in (0, 1)}
@@ -121,30 +122,30 @@ def test_clinical_signal_direction() -> None:
 
 def test_atypical_nuclei_larger_than_typical_and_reactive() -> None:
     rng = np.random.default_rng(0)
-    area = {k: np.mean([_dark_area(demo.render_cell(rng, k)) for _ in range(12)])
+    area = {k: np.mean([_dark_area(render_cell(rng, k)) for _ in range(12)])
             for k in ("typical", "reactive", "atypical")}
     assert area["atypical"] > 1.3 * area["typical"]
     assert area["atypical"] > 1.1 * area["reactive"]
 
 
 def test_tumoral_patients_have_more_atypical_cells() -> None:
-    specs = demo.sample_patients(40, 1, seed=0)
+    specs = sample_patients(40, 1, seed=0)
     tum = [s.atypical_share for s in specs if s.label == 1]
     rea = [s.atypical_share for s in specs if s.label == 0]
     assert min(tum) > max(rea)
 
 
 def test_rerun_on_complete_dir_does_not_regenerate(tiny: Path) -> None:
-    watched = [tiny / demo.MARKER_NAME, tiny / "trainset" / "trainset_true.csv"]
+    watched = [tiny / demo_build.MARKER_NAME, tiny / "trainset" / "trainset_true.csv"]
     before = [p.stat().st_mtime_ns for p in watched]
-    assert demo.generate_demo(tiny, progress=False, **TINY) == tiny
+    assert demo_build.generate_demo(tiny, progress=False, **TINY) == tiny
     assert [p.stat().st_mtime_ns for p in watched] == before
 
 
 def test_changed_parameters_regenerate(tmp_path: Path) -> None:
-    root = demo.generate_demo(tmp_path / "d", 2, 1, (1, 2), seed=0, progress=False)
-    demo.generate_demo(root, 3, 1, (1, 2), seed=0, progress=False)
-    assert json.loads((root / demo.MARKER_NAME).read_text())["n_train"] == 3
+    root = demo_build.generate_demo(tmp_path / "d", 2, 1, (1, 2), seed=0, progress=False)
+    demo_build.generate_demo(root, 3, 1, (1, 2), seed=0, progress=False)
+    assert json.loads((root / demo_build.MARKER_NAME).read_text())["n_train"] == 3
     assert len(_rows(root / "trainset" / "trainset_true.csv")) == 3
     assert not (tmp_path / "d.tmp").exists() and not (tmp_path / "d.old").exists()
 
@@ -155,18 +156,18 @@ def test_killed_build_leaves_no_complete_looking_root(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(demo_build, "_write_tables", boom)
     with pytest.raises(KeyboardInterrupt):
-        demo.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
+        demo_build.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
     assert not (tmp_path / "d").exists()
     monkeypatch.undo()
-    root = demo.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
-    assert (root / demo.MARKER_NAME).exists() and not (tmp_path / "d.tmp").exists()
+    root = demo_build.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
+    assert (root / demo_build.MARKER_NAME).exists() and not (tmp_path / "d.tmp").exists()
 
 
 def test_refuses_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "precious.txt").write_text("keep me")
     with pytest.raises(DataError, match="not a demo dataset"):
-        demo.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
+        demo_build.generate_demo(tmp_path / "d", 2, 1, (1, 2), progress=False)
     assert (tmp_path / "d" / "precious.txt").read_text() == "keep me"
 
 
@@ -174,4 +175,4 @@ def test_refuses_foreign_directory(tmp_path: Path) -> None:
     {"n_train": 1}, {"n_test": 0}, {"cells": (5, 2)}, {"cells": (0, 3)}, {"seed": -1}])
 def test_bad_parameters_raise(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(DataError):
-        demo.generate_demo(tmp_path / "d", **kwargs)
+        demo_build.generate_demo(tmp_path / "d", **kwargs)

@@ -2,16 +2,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_2024
 
 import lib.cnn.embedding as embed
 from lib.cnn.augment import apply_batch, create_transform
-from lib.data.dataset import load_dataset
 from lib.cnn.device import resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, view_paths
-from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 from lib.core.errors import DataError
-from lib.data.images import read_image, center_crop
-from conftest import make_2024
+from lib.data.dataset import load_dataset
+from lib.data.images import center_crop, read_image
+from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 
 BACKBONE = "test_efficientnet"
 

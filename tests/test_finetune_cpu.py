@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, cohort_rows, make_2024
 
 import train_cnn
-from conftest import REPO, cohort_rows, make_2024
 from lib.cnn.device import cpu_has_bf16
 from lib.core.errors import DataError
 from lib.models.backbones import build_backbone
@@ -110,10 +110,10 @@ def test_scoring_goes_through_the_feature_norm_like_training_does(cohort, tmp_pa
     from lib.cnn.augment import apply_batch, create_transform
     from lib.cnn.finetune import Trainer, build_model
     from lib.cnn.settings import finetune_settings
+    from lib.core.config import parse_config
     from lib.data.dataset import load_dataset
     from lib.data.images import load_image_cache
     from lib.models.backbones import embed_data_config
-    from lib.core.config import parse_config
     options = argv(cohort, tmp_path, "neck", "--feature-norm", "batchnorm", "--tta", "0", "--amp", "off")
     train_cnn.main(options)
     valid, state = fold0(tmp_path, "neck")

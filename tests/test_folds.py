@@ -1,10 +1,10 @@
 """Folds: seeded, stratified by patient, written once, checked on every read."""
 import pandas as pd
 import pytest
-
 from conftest import make_2024
-from lib.data.dataset import load_dataset
+
 from lib.core.errors import DataError
+from lib.data.dataset import load_dataset
 from lib.data.folds import folds_path, load_folds, make_folds
 
 TRAIN = [(f"P{100 + i}", str(int(i % 3 != 0)), "M", "1/1/1950", str(4 + i)) for i in range(30)]

@@ -119,7 +119,12 @@ def raises_programming_error(match: str):
     [
         ({"name": "nope"}, {}, "unknown MIL head", True),
         ({"name": "attention", "bogus": 1}, {}, "unknown option", True),
-        ({"name": "topk", "k": 0}, {}, "k must be", True),
+        ({"name": "topk", "k": 0}, {}, "k=0 must be a whole number", True),
+        ({"name": "chowder", "k": 2.5}, {}, "k=2.5 must be a whole number", True),
+        ({"name": "chowder", "k": "five"}, {}, "k='five' must be a whole number", True),
+        ({"name": "attention", "dropout": -1}, {}, r"dropout=-1 must be in \[0, 1\)", True),
+        ({"name": "attention", "hidden_dim": 0}, {}, "hidden_dim=0 must be a whole number", True),
+        ({"name": "anomaly", "anomaly_feature": "yes"}, {}, "must be true or false", True),
         ({"name": "attention", "clinical_dim": 2}, {}, "clinical must have 2", False),
         ({"name": "attention"}, {"clinical": torch.zeros(2)}, "clinical_dim=0", False),
         ({"name": "anomaly"}, {}, "anomaly scores", False),
@@ -130,6 +135,12 @@ def test_head_errors(kwargs, call, match, user_input):
     with (pytest.raises(DataError, match=match) if user_input else raises_programming_error(match)):
         name = kwargs.pop("name")
         create_head(name, IN_DIM, **kwargs)(torch.randn(4, IN_DIM), **call)
+
+
+def test_chowder_takes_a_whole_float_k_from_yaml():
+    """--head-args "{k: 5.0}": the MLP is built from the validated k (it was the raw 5.0: a TypeError)."""
+    head = create_head("chowder", IN_DIM, k=5.0, hidden_dim=8)
+    assert head.k == 5 and head(torch.randn(7, IN_DIM))["logit"].shape == ()
 
 
 def test_bad_feature_shapes_are_programming_errors():
@@ -190,3 +201,9 @@ def test_gated_fusion_needs_the_clinical_features():
     with pytest.raises(DataError, match="clinical fusion 'sum'"):
         create_head("mean", IN_DIM, clinical_dim=3, fusion="sum")
     assert not hasattr(create_head("mean", IN_DIM, clinical_dim=0, fusion="gate"), "gate")  # images only: no gate
+
+
+def test_the_light_head_names_are_the_registry():
+    """lib.models.options.HEAD_NAMES (what --head accepts, no torch import) names exactly the heads built here."""
+    from lib.models.heads import HEADS
+    assert tuple(HEADS) == HEAD_NAMES

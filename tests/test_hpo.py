@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import cohort_rows, make_2024, write_jpg
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
@@ -23,12 +24,11 @@ import lib.hpo.cnn
 import lib.hpo.runner
 import train_clinical
 import train_cnn
-from conftest import cohort_rows, make_2024, write_jpg
 from lib.core.config import config_dict, parse_config
 from lib.core.errors import DataError
-from lib.hpo.space import Param, apply, current_values
 from lib.core.paths import CONFIGS_DIR
 from lib.core.study import default_storage, open_study, run_trials, with_installed_driver
+from lib.hpo.space import Param, apply, current_values
 
 REPO = Path(__file__).resolve().parent.parent
 NO_MORPHO = ("clinical", "clinical+ncells")  # morphometry would be computed into the repository's cache/

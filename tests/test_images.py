@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lib.data.dataset import load_dataset
 from lib.core.errors import DataError
+from lib.data.dataset import load_dataset
 from lib.data.images import cache_paths, center_crop, load_image_cache, read_image
 
 

@@ -3,14 +3,21 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_2024
-from lib.data.dataset import load_dataset
+
 from lib.core.errors import DataError
-from lib.features.morphometry.segment import (ALL_POOLED, DEFAULT_POOLED, MEASUREMENTS, MIN_PARALLEL, cell_mask, measure_cell,
-                             measure_cells, nucleus_mask, pool_patient_features)
+from lib.data.dataset import load_dataset
 from lib.features.morphometry.cache import cell_measurements, pooled_morphometry
 from lib.features.morphometry.plots import plot_pooled_by_class, plot_segmentation
+from lib.features.morphometry.pooling import ALL_POOLED, DEFAULT_POOLED, pool_patient_features
+from lib.features.morphometry.segment import (
+    MEASUREMENTS,
+    MIN_PARALLEL,
+    cell_mask,
+    measure_cell,
+    measure_cells,
+    nucleus_mask,
+)
 
 PINK, CREAM = (230, 200, 210), (236, 220, 205)
 CYTOPLASM, NUCLEUS, RED_CELL = (200, 190, 220), (90, 40, 130), (200, 165, 190)
@@ -176,7 +183,7 @@ def test_dataset_measurements_are_cached(tmp_path):
 
 def test_clinical_morpho_run_writes_segmentation_and_class_plots(tmp_path):
     import train_clinical
-    from lib.data.demo import generate_demo
+    from lib.data.demo.build import generate_demo
     data = generate_demo(tmp_path / "demo", n_train=12, n_test=2, cells=(16, 16), seed=5, progress=False)
     train_clinical.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--experiment", "m",
                          "--feature-set", "clinical+morpho", "--n-folds", "3", "--folds-dir", str(tmp_path / "folds"),

@@ -1,5 +1,6 @@
 """The main job end to end on a small demo directory: every stage runs, the report and submission appear."""
 import pandas as pd
+import pytest
 
 
 def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
@@ -19,76 +20,71 @@ def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
     assert all(p.stat().st_size > 1000 and p.name in html for p in report.glob("*.png"))
 
 
-def test_pipeline_with_fold_seed_bagging(demo_pipeline, tmp_path):
-    """--fold-seeds: the models run on each split, are averaged per patient, and the blend uses the averages."""
+@pytest.fixture(scope="module")
+def variant_pipeline(demo_pipeline, tmp_path_factory):
+    """The pipeline once with every variant on: fold-seed bagging (42, 43), the label-free encoder
+    (--pretrain-config) and a fine-tuned CNN in the blend (--with-finetune), on the demo directory and with the
+    folds and caches of the session's plain run (one run instead of three, each from empty caches)."""
     import yaml
+    from conftest import TINY_CNN
 
     import pipeline
-    from conftest import TINY_CNN
-    data, _, _, _ = demo_pipeline
-    config = tmp_path / "cnn_tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY_CNN))
-    out = tmp_path / "submission.csv"
-    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
-                             "--cnn-config", str(config), "--trials", "4", "--fold-seeds", "42", "43",
-                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
-    assert "bag" in seconds and "clinical_s43" in seconds and out.exists()
-    bagged = next((tmp_path / "runs").glob("*_bag42-43"))
-    singles = [pd.read_csv(next((tmp_path / "runs").glob(f"*_s{s}")) / "cnn" / "oof.csv").set_index("ID") for s in (42, 43)]
+    data, runs, _, _ = demo_pipeline
+    root = tmp_path_factory.mktemp("variants")
+    pretrain = {"backbone": "test_efficientnet", "crop": 32, "input_size": 32, "epochs": 1, "batch_size": 32,
+                "hidden_dim": 16, "proj_dim": 8, "device": "cpu"}
+    finetune = {**TINY_CNN, "regime": "finetune", "epochs": 1, "head": "instance_bn", "clinical_fusion": False}
+    for name, config in (("pretrain", pretrain), ("cnn", TINY_CNN), ("finetune", finetune)):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    shared = runs.parent
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(root / "runs"), "--out",
+                             str(root / "submission.csv"), "--cnn-config", str(root / "cnn.yaml"),
+                             "--pretrain-config", str(root / "pretrain.yaml"), "--with-finetune",
+                             str(root / "finetune.yaml"), "--trials", "4", "--fold-seeds", "42", "43",
+                             "--folds-dir", str(shared / "folds"), "--cache-dir", str(shared / "cache")],
+                            runner=pipeline.run_in_process)
+    return root, seconds
+
+
+def test_pipeline_with_fold_seed_bagging(variant_pipeline):
+    """--fold-seeds: the models run on each split, are averaged per patient, and the blend uses the averages."""
+    root, seconds = variant_pipeline
+    assert "bag" in seconds and "clinical_s43" in seconds and (root / "submission.csv").exists()
+    bagged = next((root / "runs").glob("*_bag42-43"))
+    singles = [pd.read_csv(next((root / "runs").glob(f"*_s{s}")) / "cnn" / "oof.csv").set_index("ID") for s in (42, 43)]
     oof = pd.read_csv(bagged / "cnn" / "oof.csv").set_index("ID")
     pd.testing.assert_series_equal(oof["proba"], ((singles[0]["proba"] + singles[1]["proba"]) / 2).loc[oof.index],
                                    check_names=False)
     assert (bagged / "ensemble" / "best_params.json").exists()
 
 
-def test_pipeline_with_a_pretrained_encoder(demo_pipeline, tmp_path):
-    """--pretrain-config: the label-free encoder is learnt once, then the CNN stages embed with it."""
+def test_pipeline_with_a_pretrained_encoder(variant_pipeline):
+    """--pretrain-config: the label-free encoder is learnt once (for both fold seeds), then the CNN stages embed
+    with it."""
     import yaml
-
-    import pipeline
-    from conftest import TINY_CNN
-    data, _, _, _ = demo_pipeline
-    pretrain = {"backbone": "test_efficientnet", "crop": 32, "input_size": 32, "epochs": 1, "batch_size": 32,
-                "hidden_dim": 16, "proj_dim": 8, "device": "cpu"}
-    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
-    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(TINY_CNN))
-    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out",
-                             str(tmp_path / "submission.csv"), "--cnn-config", str(tmp_path / "cnn.yaml"),
-                             "--pretrain-config", str(tmp_path / "pretrain.yaml"), "--trials", "4",
-                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
-    assert list(seconds)[:2] == ["pretrain", "prepare"]
-    encoder = next((tmp_path / "runs").glob("*_ssl")) / "encoder.pth"
-    config = yaml.safe_load((next((tmp_path / "runs").glob("*_s42")) / "cnn" / "config.yaml").read_text())
-    assert config["weights"] == str(encoder) and (tmp_path / "submission.csv").exists()
+    root, seconds = variant_pipeline
+    assert list(seconds)[:2] == ["pretrain", "prepare_s42"] and "pretrain_s43" not in seconds
+    encoder = next((root / "runs").glob("*_ssl")) / "encoder.pth"
+    for seed in (42, 43):
+        config = yaml.safe_load((next((root / "runs").glob(f"*_s{seed}")) / "cnn" / "config.yaml").read_text())
+        assert config["weights"] == str(encoder)
 
 
-def test_pipeline_with_a_fine_tuned_cnn_in_the_blend(demo_pipeline, tmp_path):
+def test_pipeline_with_a_fine_tuned_cnn_in_the_blend(variant_pipeline):
     """--with-finetune CONFIG: one more model, trained end to end, joins the ensemble."""
     import json
 
     import yaml
-
-    import pipeline
-    from conftest import TINY_CNN
-    data, _, _, _ = demo_pipeline
-    (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(TINY_CNN))
-    finetune = {**TINY_CNN, "regime": "finetune", "epochs": 1, "head": "instance_bn", "clinical_fusion": False}
-    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(finetune))
-    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--out",
-                             str(tmp_path / "submission.csv"), "--cnn-config", str(tmp_path / "cnn.yaml"),
-                             "--with-finetune", str(tmp_path / "finetune.yaml"), "--trials", "4",
-                             "--folds-dir", str(tmp_path / "folds"), "--cache-dir", str(tmp_path / "cache")])
-    assert list(seconds)[4:6] == ["cnn_attention", "cnn_finetune"] and (tmp_path / "submission.csv").exists()
-    seed_dir = next((tmp_path / "runs").glob("*_s42"))
+    root, seconds = variant_pipeline
+    assert list(seconds)[5:7] == ["cnn_attention_s42", "cnn_finetune_s42"]
+    seed_dir = next((root / "runs").glob("*_s42"))
     config = yaml.safe_load((seed_dir / "cnn_finetune" / "config.yaml").read_text())
     assert config["regime"] == "finetune"
-    params = json.loads((seed_dir / "ensemble" / "best_params.json").read_text())
+    params = json.loads((next((root / "runs").glob("*_bag42-43")) / "ensemble" / "best_params.json").read_text())
     assert any("cnn_finetune" in str(run) for run in params["runs"])
 
 
 def test_pipeline_with_finetune_needs_its_encoder_before_any_stage(demo_pipeline, tmp_path, capsys):
-    import pytest
-
     import pipeline
     from lib.core.cli import run_main
     data, _, _, _ = demo_pipeline
@@ -99,3 +95,54 @@ def test_pipeline_with_finetune_needs_its_encoder_before_any_stage(demo_pipeline
     err = capsys.readouterr().err
     assert "cnn_cpu_finetune.yaml" in err and "encoder.pth" in err and "--pretrain-config" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_paths_are_resolved_against_the_callers_directory(tmp_path, monkeypatch):
+    """The stages run in the repository: every path option is made absolute where the user typed it, so
+    ``--out sub.csv`` from another folder lands there, and ``--with-finetune`` alone names the repo's preset."""
+    import pipeline
+    from lib.core.paths import REPO_DIR
+    monkeypatch.chdir(tmp_path)
+    args = pipeline.parse_args(["--out", "sub.csv", "--runs-dir", "r", "--folds-dir", "f", "--cache-dir", "c",
+                                "--cnn-config", "cnn.yaml", "--pretrain-config", "p.yaml", "--data-dir", "d"])
+    for option, name in (("out", "sub.csv"), ("runs_dir", "r"), ("folds_dir", "f"), ("cache_dir", "c"),
+                         ("cnn_config", "cnn.yaml"), ("pretrain_config", "p.yaml"), ("data_dir", "d")):
+        assert getattr(args, option) == tmp_path / name, option
+    finetune = pipeline.parse_args(["--with-finetune"]).with_finetune
+    assert finetune == REPO_DIR / "configs" / "cnn_cpu_finetune.yaml" and finetune.is_file()
+    assert pipeline.parse_args(["--with-finetune", "mine.yaml"]).with_finetune == tmp_path / "mine.yaml"
+
+
+STOPPED = """
+import sys
+sys.path.insert(0, {repo!r})
+import pipeline
+pipeline.run_stage("sleeper", ["-c", "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(60)"], {{}})
+"""
+
+
+def test_sigterm_reaches_the_running_stage_and_the_pipeline_waits_for_it(tmp_path):
+    """pipeline.py stopped by SIGTERM (timeout, a batch scheduler) forwards it to its stage and exits after it:
+    no orphan stage keeps the run directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    pid_file = tmp_path / "stage.pid"
+    outer = subprocess.Popen([sys.executable, "-c", STOPPED.format(repo=str(REPO), pid=str(pid_file))],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    stage = int(pid_file.read_text())
+    outer.send_signal(signal.SIGTERM)
+    _, err = outer.communicate(timeout=30)
+    assert outer.returncode == 1 and "stage sleeper stopped by SIGTERM" in err, err
+    try:
+        os.kill(stage, 0)
+    except ProcessLookupError:
+        return  # the stage is gone
+    raise AssertionError(f"stage {stage} is still running after the pipeline stopped")

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import pandas as pd
 import pytest
+from conftest import REPO
 
 import predict
-from conftest import REPO
 from lib.core.errors import DataError
 
 NEW_IDS = {0: "N1", 1: "N2", 2: "N3"}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, cohort_rows, make_2024, write_jpg
 
 import pretrain_cnn
 import train_cnn
-from conftest import REPO, cohort_rows, make_2024, write_jpg
 from lib.cnn.pretrain import nt_xent
 from lib.core.errors import DataError
 

@@ -8,17 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_2024
 
 import report
-from conftest import make_2024
-from lib.data.dataset import load_dataset
 from lib.core.errors import DataError
+from lib.core.runs import fold_test_table, write_predictions
+from lib.data.dataset import load_dataset
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import load_runs
 from lib.stages.ensemble import write_outputs
 from lib.stages.report.montage import choose_patients, extreme_cells
-from lib.core.runs import test_table as wide_test_table  # aliased: pytest would collect test_*
-from lib.core.runs import write_predictions
 
 N_TRAIN, N_TEST, N_FOLDS, N_CELLS = 12, 3, 3, 5
 QUALITY = ["roc.png", "confusion.png", "folds.png", "calibration.png"]
@@ -48,7 +47,7 @@ def make_run(root: Path, name: str, data_dir: Path, probas: np.ndarray, cells: b
     config = {"data_dir": str(data_dir), "experiment": name, "dataset_name": dataset.name}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     test_ids = [f"T{i}" for i in range(N_TEST)]
-    test = wide_test_table({k: pd.Series(0.3 + 0.1 * k, index=test_ids) for k in range(N_FOLDS)})
+    test = fold_test_table({k: pd.Series(0.3 + 0.1 * k, index=test_ids) for k in range(N_FOLDS)})
     write_predictions(run_dir, oof_table(probas), test)
     if cells:
         rng = np.random.default_rng(0)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_2024
 
 import make_submission
-from conftest import make_2024
 from lib.core.errors import DataError
 from lib.data.dataset import load_dataset
 from lib.fusion.fuse import FusionParams

@@ -1,7 +1,7 @@
 """train_cnn.py end to end on a tiny synthetic competition directory: both regimes, outputs, determinism,
 cache reuse, fold subsets and resume (also of a killed finetune run), anomaly-fit discipline, bad inputs."""
-import re
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +10,15 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import make_2024, write_jpg
 
 import lib.cnn.embed_mil as embed_mil
 import lib.cnn.finetune
 import train_cnn
-from conftest import make_2024, write_jpg
+from lib.cnn.common import clinical_inputs_of, fit_clinical_stats
 from lib.core.cli import run_main
 from lib.core.errors import DataError
 from lib.core.metrics import fold_metrics
-from lib.cnn.common import standardise_clinical
 
 N_TRAIN, N_TEST, N_CELLS = 30, 6, 3
 
@@ -110,13 +110,24 @@ def test_anomaly_model_is_fitted_on_reactive_training_cells_only(data_dir, tmp_p
     assert matched == expected and len(seen[0]) == N_CELLS * len(expected)
 
 
-def test_clinical_standardisation_uses_training_patients_only():
-    table = pd.DataFrame({"age": [50.0, 60.0, 70.0, 1000.0]}, index=["a", "b", "c", "v"])
-    z = standardise_clinical(table, ["a", "b", "c"])
-    assert z.loc[["a", "b", "c"], "age"].mean() == pytest.approx(0.0)
-    assert z.loc[["a", "b", "c"], "age"].std(ddof=0) == pytest.approx(1.0)
-    table.loc["v", "age"] = -5.0
-    assert standardise_clinical(table, ["a", "b", "c"]).loc["a", "age"] == z.loc["a", "age"]
+def test_clinical_standardisation_uses_training_patients_only(data_2024):
+    """The production path of both regimes (fit_clinical_stats on a fold's training IDs, clinical_inputs_of for
+    every patient): training patients come out standardised, and a held-out patient's values change nothing."""
+    from conftest import TRAIN_ROWS, frame
+
+    from lib.data.dataset import load_dataset
+    train_ids = ["P1", "P2", "P3"]
+    z = clinical_inputs_of(load_dataset(data_2024), fit_clinical_stats(load_dataset(data_2024), train_ids))
+    assert z.loc[train_ids].mean().to_numpy() == pytest.approx(0.0, abs=1e-9)
+    assert z.loc[train_ids].std(ddof=0).to_numpy() == pytest.approx(1.0)
+    assert clinical_inputs_of(load_dataset(data_2024), None) is None  # no clinical fusion
+    held_out = frame(TRAIN_ROWS)
+    held_out.loc[held_out["ID"] == "P4", "LYMPH_COUNT"] = "150.0"
+    held_out.to_csv(data_2024 / "trainset" / "trainset_true.csv", index=False)
+    changed = load_dataset(data_2024)
+    again = clinical_inputs_of(changed, fit_clinical_stats(changed, train_ids))
+    pd.testing.assert_frame_equal(again.loc[train_ids], z.loc[train_ids])
+    assert again.loc["P4"].ne(z.loc["P4"]).any()
 
 
 def test_finetune_resumes_a_killed_run_from_its_last_epoch(data_dir, tmp_path, monkeypatch):
@@ -180,8 +191,8 @@ def test_cuda_without_cuda_is_a_one_line_error(data_dir, tmp_path, capsys):
 
 
 def test_eval_bags_average_random_bags_of_the_training_size():
-    from lib.models import create_head
     from lib.cnn.common import eval_subsets, score_bag
+    from lib.models.heads import create_head
     rng = np.random.default_rng(0)
     assert [len(s) for s in eval_subsets(10, 4, 3, rng)] == [4, 4, 4]
     assert [len(s) for s in eval_subsets(3, 4, 3, rng)] == [3]  # a bag smaller than the bag size: all cells
@@ -204,15 +215,15 @@ def test_top_k_head_with_eval_bags_runs_end_to_end(data_dir, tmp_path):
 
 
 def test_benchmark_speed_figures_are_read_from_a_run(data_dir, tmp_path):
-    """lib.core.bench reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
-    from lib.core.bench import cnn_run_speed, embed_rate_line, head_training_line
+    """benchmarks/common.py reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
+    from benchmarks.common import cnn_run_speed, embed_rate_line, head_training_line
     run(data_dir, tmp_path, "cold", "--head", "mean")
     run(data_dir, tmp_path, "warm", "--head", "mean")
     cold, warm = cnn_run_speed(tmp_path / "runs" / "cold"), cnn_run_speed(tmp_path / "runs" / "warm")
     assert cold["embedded_images"] > 0 and cold["bag_size"] == 3 and cold["epochs_run"] == 3 * 2
-    rate = float(re.search(r"= (\d+) img/s", embed_rate_line("x", cold)).group(1))
+    rate = float(re.search(r"= (\d+) img/s", embed_rate_line("x", cold, 190.0)).group(1))
     assert rate == pytest.approx(cold["embedded_images"] / cold["embed_seconds"], abs=1)
-    assert "reused from the cache" in embed_rate_line("x", warm)
+    assert "reused from the cache" in embed_rate_line("x", warm, 190.0)
     bags = float(re.search(r"(\d+) bags/s", head_training_line("x", [cold, warm], 20)).group(1))
     assert bags == pytest.approx(np.mean([6 * 20 / r["epoch_seconds"] for r in (cold, warm)]), abs=1)
 

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from lib.cnn.settings import MAX_TTA, STRENGTHS
 from lib.core.errors import DataError
 from lib.models.backbones import input_side, native_data_config
-
-STRENGTHS = ("light", "heavy")
-MAX_TTA = 7  # the 7 non-identity dihedral symmetries of a square
 
 
 def _resize(side: int, crop: int) -> list:

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lib.data.clinical import CLINICAL_FEATURES
 from lib.data.dataset import Dataset
+from lib.features.tables import clinical_table
 
 
 def seed_everything(seed: int) -> None:
@@ -113,20 +113,10 @@ def clinical_stats(table: pd.DataFrame, train_ids) -> dict[str, pd.Series]:
     return {"mean": train.mean(), "std": train.std(ddof=0).replace(0.0, 1.0)}
 
 
-def standardise_clinical(table: pd.DataFrame, train_ids) -> pd.DataFrame:
-    """Z-score clinical columns with the mean/std of the training patients only."""
-    return apply_clinical_stats(table, clinical_stats(table, train_ids))
-
-
 def apply_clinical_stats(table: pd.DataFrame, stats: dict) -> pd.DataFrame:
     """Z-score clinical columns with given stats ({"mean", "std"}: Series or the dicts a checkpoint holds)."""
     mean, std = (pd.Series(stats[k]) for k in ("mean", "std"))
     return (table - mean) / std
-
-
-def clinical_table(dataset: Dataset) -> pd.DataFrame:
-    """The clinical features of every patient of the dataset, as floats."""
-    return dataset.patients[CLINICAL_FEATURES].astype(float)
 
 
 def fit_clinical_stats(dataset: Dataset, train_ids) -> dict[str, dict]:

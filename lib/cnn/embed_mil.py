@@ -17,15 +17,30 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.decomposition import PCA
-from lib.core.progress import tqdm
 
-from lib.data.dataset import Dataset
+from lib.cnn.common import (
+    FoldResult,
+    batches,
+    cell_table,
+    class_weights,
+    clinical_inputs_of,
+    cosine_schedule,
+    eval_subsets,
+    fit_clinical_stats,
+    fold_seed,
+    pad_bags,
+    patient_rng,
+    sample_cells,
+    score_bag,
+    seed_everything,
+    weighted_bce,
+)
 from lib.cnn.embedding import Embeddings
 from lib.cnn.settings import HeadSettings, clinical_inputs
-from lib.models import anomaly_scores, create_head, fit_anomaly_model
-from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_inputs_of, cosine_schedule,
-                            eval_subsets, fit_clinical_stats, fold_seed, pad_bags, patient_rng, sample_cells,
-                            score_bag, seed_everything, weighted_bce)
+from lib.core.progress import tqdm
+from lib.data.dataset import Dataset
+from lib.models.anomaly import anomaly_scores, fit_anomaly_model
+from lib.models.heads import create_head
 
 log = logging.getLogger(__name__)
 

@@ -21,19 +21,35 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from lib.core.progress import tqdm
 
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
-from lib.data.dataset import Dataset
+from lib.cnn.common import (
+    FoldResult,
+    batches,
+    cell_table,
+    class_weights,
+    clinical_inputs_of,
+    cosine_schedule,
+    eval_subsets,
+    fit_clinical_stats,
+    fold_seed,
+    load_training_state,
+    optimizer_step,
+    pad_bags,
+    patient_rng,
+    sample_cells,
+    save_training_state,
+    score_bag,
+    seed_everything,
+    weighted_bce,
+)
 from lib.cnn.device import autocast_dtype, training_autocast_dtype
-from lib.data.images import ImageCache, patient_rows
 from lib.cnn.settings import FinetuneSettings, clinical_inputs
-from lib.models import create_head
+from lib.core.progress import tqdm
+from lib.data.dataset import Dataset
+from lib.data.images import ImageCache, patient_rows
 from lib.models.backbones import freeze_blocks
-from lib.cnn.common import (FoldResult, batches, cell_table, class_weights, clinical_inputs_of, cosine_schedule,
-                            eval_subsets, fit_clinical_stats, fold_seed, load_training_state, optimizer_step,
-                            pad_bags, patient_rng, sample_cells, save_training_state, score_bag, seed_everything,
-                            weighted_bce)
+from lib.models.heads import create_head
 
 log = logging.getLogger(__name__)
 

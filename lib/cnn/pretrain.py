@@ -25,14 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.cnn.augment import apply_batch, create_contrastive_transform
-from lib.cnn.common import (cosine_schedule, fold_seed, load_training_state, optimizer_step, save_training_state,
-                            seed_everything)
+from lib.cnn.common import (
+    cosine_schedule,
+    fold_seed,
+    load_training_state,
+    optimizer_step,
+    save_training_state,
+    seed_everything,
+)
 from lib.core.errors import DataError
 from lib.core.progress import tqdm
 from lib.data.images import ImageCache
 
 log = logging.getLogger(__name__)
-SCOPES = ("all", "train")  # which patients' cells: train + test (transductive), or training patients only
 GRAD_CLIP = 3.0
 
 

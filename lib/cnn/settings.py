@@ -1,8 +1,9 @@
 """Settings of the two CNN regimes, built in one place from train_cnn.py's resolved options.
 
-The defaults live in one place only: the options of ``lib.stages.cnn.add_cnn_args`` (a ``-c`` YAML preset
+The defaults live in one place only: the options of ``lib.stages.options.add_cnn_args`` (a ``-c`` YAML preset
 overrides them, the command line overrides both). These dataclasses carry no second set of defaults:
-``head_settings`` / ``finetune_settings`` fill every field from the options.
+``head_settings`` / ``finetune_settings`` fill every field from the options. Light (no torch): the option
+parsers take their choices from here.
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import argparse
 from dataclasses import dataclass, fields
 
 from lib.data.clinical import CLINICAL_FEATURES
+
+STRENGTHS = ("light", "heavy")  # augmentation presets (lib.cnn.augment)
+MAX_TTA = 7  # the 7 non-identity dihedral symmetries of a square
+SCOPES = ("all", "train")  # pretraining cells: train + test (transductive), or training patients only
 
 
 @dataclass(frozen=True)

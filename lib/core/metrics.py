@@ -1,11 +1,14 @@
-"""Patient-level metrics: balanced accuracy (the competition metric) and ROC AUC."""
+"""Patient-level metrics: balanced accuracy (the competition metric) and ROC AUC.
+
+scikit-learn is imported when a score is first computed, not with this module: the scripts that import it
+to parse their options stay light."""
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 
 def binary_scores(target, proba, threshold: float = 0.5) -> dict[str, float]:
     """BA at ``threshold`` and AUC (NaN when only one class is present)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
     target, proba = np.asarray(target), np.asarray(proba)
     ba = balanced_accuracy_score(target, (proba >= threshold).astype(int))
     auc = roc_auc_score(target, proba) if len(np.unique(target)) == 2 else float("nan")

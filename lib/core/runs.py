@@ -133,7 +133,7 @@ def attach_log_file(path: Path) -> None:
     root.addHandler(handler)
 
 
-def test_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
+def fold_test_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
     """Wide test predictions: ID, one column per fold, and their mean as ``proba``."""
     table = pd.DataFrame({f"fold_{k}": s for k, s in sorted(per_fold.items())})
     table["proba"] = table.mean(axis=1)

@@ -25,16 +25,15 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from lib.core.progress import tqdm
 
 from lib.core.errors import DataError
 from lib.core.plots import pyplot, save_figure
+from lib.core.progress import tqdm
+from lib.core.storage import HEARTBEAT_INTERVAL_S, MEMORY, default_storage, safe_url, with_installed_driver
 
 log = logging.getLogger(__name__)
-HEARTBEAT_INTERVAL_S = 30
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 MIN_TRIALS_FOR_IMPORTANCE = 10
-MEMORY = "memory"
 SQLITE_LOCK_TIMEOUT_S = 60
 OPEN_ATTEMPTS = 5
 POLL_INTERVAL_S = 2.0
@@ -94,31 +93,6 @@ def worker_id() -> str:
 def worker_key(number: int) -> str:
     """Study attribute naming the process that owns trial ``number``."""
     return f"worker_{number}"
-
-
-def default_storage(run_dir: str | Path) -> str:
-    """SQLite URL of the study database inside a run directory."""
-    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
-
-
-def safe_url(url: str | None) -> str | None:
-    """A storage URL with its password hidden (for logs and summaries)."""
-    if not url or "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def with_installed_driver(url: str) -> str:
-    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, we pin psycopg2."""
-    import importlib.util
-    from sqlalchemy.engine import make_url
-    parsed = make_url(url)
-    if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
-        return url
-    if importlib.util.find_spec("psycopg2") is None:
-        return url
-    return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
@@ -223,11 +197,6 @@ def best_value(study: optuna.Study) -> float:
     return study.best_value if complete else float("nan")
 
 
-def count_running(study: optuna.Study) -> int:
-    """Number of trials running now (in this process or any other sharing the storage)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
 def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     """Whether trial ``number`` comes after ``n_trials`` earlier finished or running trials (a race lost)."""
     states = DONE_STATES + (TrialState.RUNNING,)
@@ -272,7 +241,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 time.sleep(poll_interval)  # the last trials are running in other workers
                 continue
             ran: list[optuna.trial.FrozenTrial] = []
-            study.optimize(guarded, n_trials=1, catch=catch + (SurplusTrial,), callbacks=[lambda s, t: ran.append(t)])
+            study.optimize(guarded, n_trials=1, catch=catch + (SurplusTrial,), callbacks=[lambda s, t, ran=ran: ran.append(t)])
             failed = any(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ran)
             failures = failures + 1 if failed else 0
             if failures >= MAX_FAILURES_IN_A_ROW:

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from lib.data.dataset import Dataset
 from lib.core.config import DEFAULT_FOLD_SEED, DEFAULT_N_FOLDS
@@ -39,6 +38,7 @@ def make_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = D
         raise DataError(f"--n-folds {n_splits} must be >= 2")
     if train["LABEL"].value_counts().min() < n_splits:
         raise DataError(f"{dataset.root}: fewer patients of a class than {n_splits} folds")
+    from sklearn.model_selection import StratifiedKFold  # only when a fold file is made (once per dataset)
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold = np.empty(len(train), dtype=int)
     for k, (_, held_out) in enumerate(splitter.split(train, strata(train, n_splits))):

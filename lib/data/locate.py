@@ -3,7 +3,7 @@ import logging
 from pathlib import Path
 
 from lib.core.paths import DEMO_DATA_DIR
-from lib.data.demo import generate_demo
+from lib.data.demo.build import generate_demo
 
 log = logging.getLogger(__name__)
 

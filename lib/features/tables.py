@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.data.clinical import CLINICAL_FEATURES
-from lib.data.dataset import Dataset
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR
+from lib.data.clinical import CLINICAL_FEATURES
+from lib.data.dataset import Dataset
 
 
 def clinical_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:

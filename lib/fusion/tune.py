@@ -12,8 +12,16 @@ import pandas as pd
 
 from lib.core.metrics import binary_scores
 from lib.core.study import MEMORY, open_study, run_trials, top_trials_summary
-from lib.fusion.fuse import (METHODS, THRESHOLD_RANGE, FusionParams, balanced_accuracy, best_threshold, fuse,
-                             fused_ba, normalise_weights)
+from lib.fusion.fuse import (
+    METHODS,
+    THRESHOLD_RANGE,
+    FusionParams,
+    balanced_accuracy,
+    best_threshold,
+    fuse,
+    fused_ba,
+    normalise_weights,
+)
 from lib.fusion.runs import RunSet
 
 

@@ -15,7 +15,7 @@ import inspect
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lib.cnn.augment import STRENGTHS
+from lib.cnn.settings import STRENGTHS
 from lib.data.dataset import Dataset
 from lib.hpo.runner import StudyPlan
 from lib.hpo.space import Param

@@ -30,20 +30,30 @@ import yaml
 from optuna.trial import TrialState
 
 from lib.core.config import config_dict
-from lib.data.dataset import Dataset
-from lib.data.folds import load_folds
-from lib.stages.context import OnFold, Stage, folds_dir, load_stage_data
 from lib.core.errors import DataError
-from lib.hpo.space import Param, apply, current_values, suggest
 from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from lib.core.metrics import fold_metrics
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
-from lib.core.study import (HEARTBEAT_INTERVAL_S, SurplusTrial, count_done, default_storage, open_study, run_trials,
-                       safe_url, save_study_plots, top_trials_summary, worker_id)
+from lib.core.storage import HEARTBEAT_INTERVAL_S
+from lib.core.study import (
+    SurplusTrial,
+    count_done,
+    default_storage,
+    open_study,
+    run_trials,
+    safe_url,
+    save_study_plots,
+    top_trials_summary,
+    worker_id,
+)
+from lib.data.dataset import Dataset
+from lib.data.folds import load_folds
+from lib.hpo.options import STUDY_OPTIONS
+from lib.hpo.space import Param, apply, current_values, suggest
+from lib.stages.context import OnFold, Stage, folds_dir, load_stage_data
 
 log = logging.getLogger(__name__)
-STUDY_OPTIONS = ("study", "trials", "storage", "heartbeat", "prune")
 NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "folds_dir", "resume", "verbose", "progress", "folds", *STUDY_OPTIONS}
 NOT_COMPARED = set(NOT_COMPARED_ON_RESUME) | set(STUDY_OPTIONS) | {"experiment", "runs_dir", "folds_dir", "data_dir", "cache_dir"}
 TOP_K = 5
@@ -66,24 +76,6 @@ class StudyPlan:
     check: Callable[[argparse.Namespace, Dataset], Any]
     train: Callable[[Stage, Any], dict]
     fixup: Callable[[argparse.Namespace], argparse.Namespace] = _same
-
-
-def add_study_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--study NAME switches a training script into study mode; the other options tune the study."""
-    g = parser.add_argument_group("hyper-parameter study (README: Studies)")
-    g.add_argument("--study", metavar="NAME",
-                   help="run the Optuna study NAME instead of one run; trials go to <runs-dir>/NAME/trial_<n>/")
-    g.add_argument("--trials", type=int, default=20,
-                   help="study: finished trials wanted in total, all workers together (default 20)")
-    g.add_argument("--storage", metavar="URL",
-                   help="study: Optuna RDB URL shared by workers, e.g. postgresql://user:pw@host/db "
-                        "(default sqlite:///<runs-dir>/NAME/study.db)")
-    g.add_argument("--heartbeat", type=int, default=None,
-                   help=f"study: seconds between a running trial's heartbeats (default {HEARTBEAT_INTERVAL_S}); "
-                        "one silent for twice that (its process died) is marked FAIL")
-    g.add_argument("--prune", action=argparse.BooleanOptionalAction, default=None,
-                   help="study: median pruning of trials on their running fold score, from the 2nd fold (default on)")
-    return parser  # defaults None: run configs made before these options existed still resume
 
 
 # ----------------------------------------------------------------------------- study

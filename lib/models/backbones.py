@@ -10,8 +10,12 @@ import torch
 
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR
-from lib.models.weights import (TIMM_LITE0_NAME, check_state_dict_matches, convert_lukemelas_lite0,
-                                ensure_timm_lite0_weights)
+from lib.models.weights import (
+    TIMM_LITE0_NAME,
+    check_state_dict_matches,
+    convert_lukemelas_lite0,
+    ensure_timm_lite0_weights,
+)
 
 DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 

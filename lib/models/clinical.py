@@ -12,8 +12,6 @@ defaults, with the same chosen C and coefficients.
 one (solver ``liblinear``); both are there for the hyper-parameter study (lib/hpo).
 Coefficients are on the standardised features. The cross-validated stage is lib.stages.clinical.
 """
-import argparse
-
 import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
@@ -23,25 +21,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lib.core.errors import DataError
+from lib.models.options import INNER_CV, PENALTIES
 
 C_GRID = np.logspace(-3, 3, 13)
-INNER_CV = "cv"
-PENALTIES = {"l2": (0.0, "newton-cholesky"), "l1": (1.0, "liblinear")}  # penalty -> (l1_ratio, solver)
-
-
-def parse_c(text: str | float) -> str | float:
-    """``cv`` (choose C by inner CV, as when the option is left out) or a positive number (fixed C)."""
-    if text == INNER_CV:
-        return INNER_CV
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected 'cv' or a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"C must be > 0, got {text!r}")
-    return value
-
-
 def neg_log_loss(estimator, X, y) -> float:
     """Inner-CV score: mean log-likelihood of the true labels (sklearn's ``neg_log_loss``, in NumPy)."""
     p = np.clip(estimator.predict_proba(X)[:, list(estimator.classes_).index(1)], 1e-15, 1 - 1e-15)

@@ -17,12 +17,14 @@ linear classifier; heads that pool instance scores add a linear term ``w . clini
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lib.core.errors import DataError
+from lib.models.options import HEAD_NAMES
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
@@ -280,7 +282,7 @@ class ChowderHead(MILHead):
         self.k = _check_k(k)
         self.score = nn.Linear(hidden_dim, 1)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * k + clinical_dim, mlp_dim), nn.Sigmoid(), nn.Dropout(dropout), nn.Linear(mlp_dim, 1)
+            nn.Linear(2 * self.k + clinical_dim, mlp_dim), nn.Sigmoid(), nn.Dropout(dropout), nn.Linear(mlp_dim, 1)
         )
 
     def pool(self, h, mask, clinical, anomaly):
@@ -390,6 +392,27 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def _checked_option(head: str, key: str, value, default):
+    """A --head-args value of the type of the option's default and within its range (DataError otherwise):
+    sizes and k are whole numbers >= 1, dropout is in [0, 1), switches are true/false, scales are numbers."""
+    where = f"MIL head '{head}': {key}={value!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise DataError(f"{where} must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+            raise DataError(f"{where} must be a whole number >= 1")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{where} must be a finite number")
+        if key == "dropout" and not 0 <= value < 1:
+            raise DataError(f"{where} must be in [0, 1)")
+        return float(value)
+    return value
+
+
 def _check_k(k: int) -> int:
     """Validate a top-k size."""
     if int(k) < 1:
@@ -438,7 +461,6 @@ HEADS: dict[str, type[MILHead]] = {
     "instance_bn": InstanceBNHead,
     "anomaly": AnomalyAttentionHead,
 }
-HEAD_NAMES = tuple(HEADS)
 
 
 def create_head(name: str, in_dim: int, clinical_dim: int = 0, fusion: str = "concat", **kwargs) -> nn.Module:
@@ -451,12 +473,14 @@ def create_head(name: str, in_dim: int, clinical_dim: int = 0, fusion: str = "co
         raise DataError(f"clinical fusion '{fusion}' is not one of {', '.join(FUSIONS)}")
     if name not in HEADS:
         raise DataError(f"unknown MIL head '{name}' (choose from {', '.join(HEAD_NAMES)})")
-    accepted = set(inspect.signature(HEADS[name].__init__).parameters) - {"self", "in_dim", "clinical_dim"}
+    parameters = inspect.signature(HEADS[name].__init__).parameters
+    accepted = set(parameters) - {"self", "in_dim", "clinical_dim"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise DataError(
             f"MIL head '{name}': unknown option(s) {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})"
         )
+    kwargs = {key: _checked_option(name, key, value, parameters[key].default) for key, value in kwargs.items()}
     if fusion == "gate" and clinical_dim > 0:
         return GatedFusion(HEADS[name](in_dim, clinical_dim=0, **kwargs), clinical_dim)
     return HEADS[name](in_dim, clinical_dim=clinical_dim, **kwargs)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.core.errors import DataError
 from lib.core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from lib.core.metrics import fold_metrics
 from lib.core.plots import plot_roc
@@ -21,14 +20,6 @@ from lib.stages.context import Stage
 from lib.stages.cv import FitPredict, cross_validate
 
 log = logging.getLogger(__name__)
-
-
-def check_clinical_options(args) -> None:
-    """Options of the clinical stage within their ranges (before any run directory is created)."""
-    if args.inner_folds < 2:
-        raise DataError(f"--inner-folds {args.inner_folds} must be >= 2")
-    if args.n_folds < 2:
-        raise DataError(f"--n-folds {args.n_folds} must be >= 2")
 
 
 def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, seed: int,

@@ -1,4 +1,4 @@
-"""The CNN stage: options, input checks (before any work), the per-fold fit/predict of both regimes, outputs.
+"""The CNN stage: input checks (before any work; the options and their ranges are lib.stages.options), the per-fold fit/predict of both regimes, outputs.
 
 Run directory ``runs/<experiment>/``: config.yaml and code version (lib.core.runs), ``folds/fold_<k>.csv``
 (lib.stages.cv), ``fold_<k>/`` with ``head.pt`` (embed: head state dict + fitted preprocessing) or ``model.pt``
@@ -18,100 +18,32 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from lib.cnn import embed_mil, finetune
-from lib.cnn.augment import MAX_TTA, STRENGTHS
 from lib.cnn.common import FoldResult
 from lib.cnn.device import autocast_dtype, resolve_device
-from lib.cnn.pretrain import encoder_record, encoder_record_path
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
-from lib.cnn.settings import clinical_fusion_arg, clinical_inputs, finetune_settings, head_settings
+from lib.cnn.pretrain import encoder_record, encoder_record_path
+from lib.cnn.settings import clinical_inputs, finetune_settings, head_settings
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache, read_image
-from lib.models import HEAD_NAMES, create_head
-from lib.models.backbones import (build_backbone, embed_data_config, frozen_modules, input_side, resolve_weights,
-                                  weights_tag)
+from lib.models.backbones import (
+    build_backbone,
+    embed_data_config,
+    frozen_modules,
+    input_side,
+    resolve_weights,
+    weights_tag,
+)
+from lib.models.heads import create_head
 from lib.stages.context import Stage
 from lib.stages.cv import cross_validate
+from lib.stages.options import check_cnn_ranges
 
 log = logging.getLogger(__name__)
-REGIMES = ("embed", "finetune")
 FOLD_MODEL = {"embed": "head.pt", "finetune": "model.pt"}  # each fold's saved model, by regime (predict.py reads it)
-
-
-# ----------------------------------------------------------------------------- options
-def _mapping(text: str) -> dict:
-    """A YAML/JSON mapping given on the command line, e.g. '{hidden_dim: 64, dropout: 0.25}'."""
-    try:
-        value = yaml.safe_load(text) if isinstance(text, str) else text
-    except yaml.YAMLError as exc:
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise argparse.ArgumentTypeError(f"not valid YAML ({problem}): {text!r}") from None
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a mapping like '{{hidden_dim: 64}}', got {text!r}")
-    return value
-
-
-def input_size_arg(text: str) -> str | int:
-    """'crop' (native pixels), 'model' (the backbone's data config) or a side in pixels."""
-    if text in ("crop", "model"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected crop, model or an integer, got {text!r}") from None
-
-
-def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of train_cnn.py (YAML keys are the option names with '_' for '-')."""
-    a = parser.add_argument
-    a("--regime", choices=REGIMES, default="embed",
-      help="embed: frozen backbone + cached embeddings; finetune: end to end")
-    a("--backbone", default="tf_efficientnet_lite0", help="timm model name")
-    a("--weights", default="lite0", help="backbone weights: a local file, 'lite0' (offline ImageNet Lite0) or 'none'")
-    a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
-    a("--input-size", type=input_size_arg, default="crop",
-      help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
-    a("--aug", choices=STRENGTHS, default="light", help="train augmentation preset")
-    a("--views", type=int, default=2, help="embed: augmented views per training cell (besides v0 and TTA views)")
-    a("--tta", type=int, default=1, help=f"dihedral test-time views besides the identity (0..{MAX_TTA})")
-    a("--head", choices=HEAD_NAMES, default="attention", help="MIL pooling head")
-    a("--head-args", type=_mapping, default={}, help="head options as a YAML mapping, e.g. '{hidden_dim: 64}'")
-    a("--bag-size", type=int, default=16, help="cells sampled per training bag (<= smallest bag); 0 = all cells")
-    a("--epochs", type=int, default=40)
-    a("--lr", type=float, default=1e-3, help="learning rate of the head")
-    a("--backbone-lr", type=float, default=1e-4, help="finetune: learning rate of the backbone")
-    a("--freeze-blocks", type=int, default=0,
-      help="finetune: freeze the backbone's first N blocks of timm's coarse groups (1 = the stem, 2 = stem + "
-           "first stage, ...): no gradients, BatchNorm statistics kept as loaded")
-    a("--feature-norm", choices=("none", "batchnorm"), default="none",
-      help="finetune: standardise the per-cell features before the head (BatchNorm1d over the step's cells)")
-    a("--weight-decay", type=float, default=1e-2)
-    a("--batch-patients", type=int, default=8, help="bags per optimisation step")
-    a("--eval-bags", type=int, default=0,
-      help="score a patient as the mean over this many random bags of --bag-size cells (0 = all cells at once); "
-           "keeps max/top-k/CHOWDER scores on the bag size they were trained on")
-    a("--pca", type=int, default=0, help="embed: PCA components of the standardised embeddings (0 = off)")
-    a("--no-clinical-fusion", dest="clinical_fusion", action="store_const", const=False,
-      help="images only (the default)")
-    a("--clinical-fusion", nargs="?", const=True, type=clinical_fusion_arg, default=False, metavar="concat|gate",
-      help="use the clinical features (standardised on the training folds): concat (the flag alone) feeds them "
-           "to the head; gate mixes an image expert and a clinical expert by a gate on the clinical values")
-    a("--folds", type=int, nargs="+", default=None, help="run only these folds (default all)")
-    a("--device", default="auto", help="auto, cpu or cuda[:N]")
-    a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-      help="autocast: auto = bf16 on CUDA (fp16 if unsupported), and on CPUs with native bf16 (AMX/AVX512-BF16) "
-           "for inference and finetune training; fp32 elsewhere")
-    a("--workers", type=int, default=0, help="finetune: data-loading worker processes")
-    a("--embed-batch", type=int, default=128, help="images per inference batch")
-    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
-    parser.set_defaults(stage="cnn")
-    return parser
 
 
 # ----------------------------------------------------------------------------- checks
@@ -132,7 +64,7 @@ class Setup:
 def check_options(args: argparse.Namespace) -> Setup:
     """Validate everything that needs no data (DataError on the first problem); build the backbone once."""
     device = resolve_device(args.device)
-    _check_ranges(args)
+    check_cnn_ranges(args)
     if args.regime == "finetune" and args.head == "anomaly":
         raise DataError("--head anomaly needs per-cell anomaly scores from frozen embeddings: use --regime embed")
     clinical_dim, fusion = clinical_inputs(args.clinical_fusion)
@@ -161,25 +93,6 @@ def check_encoder_record(weights: Path | None, backbone: str, crop: int, side: i
         hint = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ.items())
         raise DataError(f"{encoder_record_path(weights)}: the encoder was trained with {differ}, not "
                         f"{ {k: expected[k] for k in differ} }; pass {hint}")
-
-
-def _check_ranges(args: argparse.Namespace) -> None:
-    """Numeric options within their ranges."""
-    problems = [(args.crop < 8, f"--crop {args.crop} must be >= 8"),
-                (not 0 <= args.tta <= MAX_TTA, f"--tta {args.tta} must be in 0..{MAX_TTA}"),
-                (args.views < 0, f"--views {args.views} must be >= 0"),
-                (args.bag_size < 0, f"--bag-size {args.bag_size} must be >= 0 (0 = all cells)"),
-                (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
-                (args.freeze_blocks < 0, f"--freeze-blocks {args.freeze_blocks} must be >= 0"),
-                (args.batch_patients < 1, f"--batch-patients {args.batch_patients} must be >= 1"),
-                (args.pca < 0, f"--pca {args.pca} must be >= 0"),
-                (args.eval_bags < 0, f"--eval-bags {args.eval_bags} must be >= 0"),
-                (args.embed_batch < 1, f"--embed-batch {args.embed_batch} must be >= 1"),
-                (any(not 0 <= k < args.n_folds for k in args.folds or []),
-                 f"--folds {args.folds}: folds are 0..{args.n_folds - 1}")]
-    for bad, message in problems:
-        if bad:
-            raise DataError(message)
 
 
 def check_crop(crop: int, dataset: Dataset) -> None:

@@ -13,8 +13,8 @@ from lib.core.config import config_dict
 from lib.core.paths import FOLDS_DIR, RUNS_DIR
 from lib.core.runs import create_run
 from lib.data.dataset import Dataset, load_dataset
-from lib.data.locate import resolve_data_dir
 from lib.data.folds import load_folds
+from lib.data.locate import resolve_data_dir
 
 log = logging.getLogger(__name__)
 OnFold = Callable[[int, pd.DataFrame], None]

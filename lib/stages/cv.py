@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib.core.progress import tqdm
 
-from lib.stages.context import OnFold, Stage
 from lib.core.errors import DataError
 from lib.core.io import atomic_write_csv, atomic_write_json
 from lib.core.metrics import binary_scores, fold_metrics
-from lib.core.runs import test_table, write_predictions
+from lib.core.progress import tqdm
+from lib.core.runs import fold_test_table, write_predictions
+from lib.stages.context import OnFold, Stage
 
 log = logging.getLogger(__name__)
 FitPredict = Callable[[pd.Index, pd.Index, pd.Index, int], tuple[pd.Series, pd.Series]]
@@ -145,7 +145,7 @@ def finish(stage: Stage, oof: pd.DataFrame, test_per_fold: dict[int, pd.Series])
     """Write oof.csv, test.csv and metrics.json of a completed cross-validation; return the metrics."""
     if oof["ID"].duplicated().any() or set(oof["ID"]) != set(stage.folds["ID"]):
         raise AssertionError("OOF predictions must score every train patient exactly once")
-    write_predictions(stage.run_dir, oof, test_table(test_per_fold))
+    write_predictions(stage.run_dir, oof, fold_test_table(test_per_fold))
     metrics = fold_metrics(oof, 0.5)
     atomic_write_json(metrics, Path(stage.run_dir) / "metrics.json")
     log.info("OOF over %d folds: BA %.3f±%.3f AUC %.3f±%.3f (pooled BA %.3f, AUC %.3f)", len(test_per_fold),

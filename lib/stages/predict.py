@@ -28,7 +28,7 @@ from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.settings import finetune_settings, head_settings
 from lib.core.errors import DataError
-from lib.core.runs import test_table
+from lib.core.runs import fold_test_table
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache
 from lib.features.tables import feature_table
@@ -51,7 +51,7 @@ def n_folds_of(run_dir: Path) -> int:
 
 def fold_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
     """Per-fold probabilities and their mean as ``proba``, indexed by ID (a run's test.csv, lib.core.runs)."""
-    return test_table(per_fold).set_index("ID")
+    return fold_test_table(per_fold).set_index("ID")
 
 
 

@@ -21,7 +21,7 @@ import torch
 
 from lib.cnn.device import resolve_device, training_autocast_dtype
 from lib.cnn.embedding import precision_name
-from lib.cnn.pretrain import SCOPES, PretrainSettings, build_pretrainer, encoder_record_path, pretrain
+from lib.cnn.pretrain import PretrainSettings, build_pretrainer, encoder_record_path, pretrain
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.core.plots import pyplot, save_figure
@@ -29,35 +29,11 @@ from lib.core.runs import code_version
 from lib.data.dataset import Dataset
 from lib.data.images import ImageCache, load_image_cache
 from lib.models.backbones import build_backbone, embed_data_config, input_side, resolve_weights, weights_tag
-from lib.stages.cnn import check_crop, input_size_arg
+from lib.stages.cnn import check_crop
+from lib.stages.options import check_pretrain_ranges
 
 log = logging.getLogger(__name__)
 ENCODER = "encoder.pth"
-
-
-def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of pretrain_cnn.py (YAML keys are the option names with '_' for '-')."""
-    a = parser.add_argument
-    a("--backbone", default="resnet10t", help="timm model name (dense convolutions train fastest under bf16)")
-    a("--weights", default="none", help="initial weights: 'none' (from scratch), 'lite0' or a local file")
-    a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
-    a("--input-size", type=input_size_arg, default=64,
-      help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
-    a("--scope", choices=SCOPES, default="all",
-      help="all: every cell of train and test patients (transductive, no labels); train: training patients only")
-    a("--epochs", type=int, default=30)
-    a("--batch-size", type=int, default=256, help="cells per step (2 views each)")
-    a("--lr", type=float, default=2e-3)
-    a("--weight-decay", type=float, default=1e-4)
-    a("--temperature", type=float, default=0.2, help="NT-Xent temperature")
-    a("--proj-dim", type=int, default=128, help="projection output size")
-    a("--hidden-dim", type=int, default=512, help="projection hidden size")
-    a("--device", default="auto", help="auto, cpu or cuda[:N]")
-    a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-      help="autocast: auto = bf16 on CUDA (fp16 if unsupported) and on CPUs with native bf16, else fp32")
-    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
-    parser.set_defaults(stage="pretrain")
-    return parser
 
 
 def pretrain_settings(args: argparse.Namespace) -> PretrainSettings:
@@ -69,14 +45,7 @@ def pretrain_settings(args: argparse.Namespace) -> PretrainSettings:
 
 def check_options(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, torch.device]:
     """Validate everything that needs no data; return the initial backbone, its data config and the device."""
-    problems = [(args.crop < 8, f"--crop {args.crop} must be >= 8"), (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
-                (args.batch_size < 2, f"--batch-size {args.batch_size} must be >= 2"),
-                (not args.temperature > 0, f"--temperature {args.temperature} must be > 0"),
-                (not args.lr > 0, f"--lr {args.lr} must be > 0"),
-                (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1")]
-    for bad, message in problems:
-        if bad:
-            raise DataError(message)
+    check_pretrain_ranges(args)
     device = resolve_device(args.device)
     backbone = build_backbone(args.backbone, resolve_weights(args.weights, args.cache_dir), args.seed)
     return backbone, embed_data_config(backbone, args.crop, args.input_size), device

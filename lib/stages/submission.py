@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.fusion.fuse import FusionParams, fuse
-from lib.fusion.runs import RunSet
 from lib.core.io import atomic_write_csv
 from lib.core.metrics import binary_scores
+from lib.fusion.fuse import FusionParams, fuse
+from lib.fusion.runs import RunSet
 
 log = logging.getLogger(__name__)
 SUBMISSION_COLUMNS = ["Id", "Predicted"]

@@ -6,19 +6,7 @@ and one folder of 224x224 RGB JPEG cells per patient (``P<id>/000000.jpg`` ...).
 Real quirks are reproduced: DOB mixes ``M/D/YYYY`` and ``DD-MM-YYYY``; GENDER has an
 occasional lowercase ``f``.  DEMO-ONLY: ``demo_test_truth.csv`` (ID,LABEL) holds the test
 labels so the demo can score its own submission; the real data has no such file.
-"""
-from lib.data.demo.build import GENERATOR_VERSION, MARKER_NAME, TRUTH_NAME, generate_demo
-from lib.data.demo.cells import IMAGE_SIZE, noise_bank, render_cell
-from lib.data.demo.cohort import PatientSpec, sample_patients
 
-__all__ = [
-    "GENERATOR_VERSION",
-    "IMAGE_SIZE",
-    "MARKER_NAME",
-    "PatientSpec",
-    "TRUTH_NAME",
-    "generate_demo",
-    "noise_bank",
-    "render_cell",
-    "sample_patients",
-]
+Modules: build (``generate_demo``, the marker and truth file names), cells (rendering, OpenCV), cohort
+(patient sampling). Nothing is imported here: the generator loads OpenCV only when the demo is built.
+"""

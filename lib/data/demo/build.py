@@ -7,12 +7,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
-from lib.core.progress import tqdm
 
+from lib.core.progress import tqdm
 from lib.data.dataset import COLUMNS
-from lib.data.demo.cells import noise_bank, render_cell
 from lib.data.demo.cohort import PatientSpec, sample_patients, validate_params
 from lib.core.errors import DataError
 
@@ -30,6 +28,9 @@ def _cell_kinds(rng: np.random.Generator, spec: PatientSpec) -> list[str]:
 
 def _write_patient_images(folder: Path, spec: PatientSpec, seed: int) -> None:
     """Render and JPEG-encode all cells of one patient (own RNG stream per patient)."""
+    import cv2  # only while the demo is built: a script on an existing demo directory never loads OpenCV
+
+    from lib.data.demo.cells import noise_bank, render_cell
     folder.mkdir(parents=True)
     rng = np.random.default_rng([seed, spec.pid, 77])
     noise = noise_bank(rng)

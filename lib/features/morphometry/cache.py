@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.data.dataset import Dataset
 from lib.core.io import atomic_write_csv
+from lib.core.paths import CACHE_DIR
+from lib.data.dataset import Dataset
 from lib.data.images import CELL_KEY, cell_keys, read_image, same_cells
 from lib.features.morphometry import segment
-from lib.features.morphometry.segment import DEFAULT_POOLED, measure_cells, pool_patient_features
-from lib.core.paths import CACHE_DIR
+from lib.features.morphometry.pooling import DEFAULT_POOLED, pool_patient_features
+from lib.features.morphometry.segment import measure_cells
 
 log = logging.getLogger(__name__)
 

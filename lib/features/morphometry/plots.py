@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.data.images import read_image
-from lib.features.morphometry.segment import cell_mask, measure_cell, nucleus_mask
 from lib.core.plots import pyplot, save_figure
 from lib.data.dataset import Dataset
+from lib.data.images import read_image
 from lib.features.morphometry.cache import pooled_morphometry
+from lib.features.morphometry.segment import cell_mask, measure_cell, nucleus_mask
 
 
 def _show_cell(ax, img: np.ndarray) -> None:

@@ -4,19 +4,34 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from lib.core.progress import tqdm
 
-from lib.data.dataset import Dataset
 from lib.core.metrics import fold_metrics, mean_std
 from lib.core.paths import REPO_DIR
+from lib.core.progress import tqdm
+from lib.data.dataset import Dataset
 from lib.stages.report.figures import calibration_figure, confusion_figure, fold_figure, fold_table, roc_figure
 from lib.stages.report.html import Figure, render_page, write_page
-from lib.stages.report.inputs import (BLEND, EnsembleRun, cnn_run, load_data, load_ensemble, read_cells,
-                                      read_test_cells, resolve_data_dir)
+from lib.stages.report.inputs import (
+    BLEND,
+    EnsembleRun,
+    cnn_run,
+    load_data,
+    load_ensemble,
+    read_cells,
+    read_test_cells,
+    resolve_data_dir,
+)
+from lib.stages.report.montage import (
+    Chosen,
+    choose_patients,
+    clinical_lines,
+    extreme_cells,
+    montage_figure,
+    resolve_cell_path,
+    uniform_note,
+)
 from lib.stages.report.scored import scored_section
 from lib.stages.submission import fused_test
-from lib.stages.report.montage import (Chosen, choose_patients, clinical_lines, extreme_cells, montage_figure,
-                                resolve_cell_path, uniform_note)
 
 log = logging.getLogger(__name__)
 MONTAGE_PREFIX = "patient_"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.data.dataset import Dataset, load_dataset
 from lib.core.errors import DataError
+from lib.core.paths import REPO_DIR
+from lib.data.dataset import Dataset, load_dataset
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import RunSet, load_ensemble_runs
-from lib.core.paths import REPO_DIR
 
 log = logging.getLogger(__name__)
 BLEND = "blend"

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.data.images import read_image
 from lib.core.plots import pyplot, save_figure
+from lib.data.images import read_image
 
 MONTAGE_DPI = 100  # ~145 px per 224 px cell: enough to see a nucleus, a few hundred kB per patient
 

@@ -1,10 +1,12 @@
-"""Benchmark records: append a dated block (machine, commit, command, numbers) to BENCHMARKS.md atomically."""
+"""Benchmark support (beside the benchmarks, not in lib/): dated blocks appended to BENCHMARKS.md atomically
+(machine with its CPU model, commit, command, numbers), this machine's measured matmul peak, run-speed lines."""
 import fcntl
 import json
 import os
 import platform
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -22,9 +24,37 @@ BENCHMARKS_FILE = REPO_DIR / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nDated measurements appended by the scripts in benchmarks/ (newest last).\n"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name", read from /proc/cpuinfo), or the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    """Architecture (``uname -m``), CPU core count and OS of this machine."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    """CPU model, architecture (``uname -m``), core count and OS of this machine."""
+    return f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def matmul_gflops(dtype: str = "fp32", n: int = 2048, seconds: float = 2.0) -> float:
+    """This machine's torch matmul throughput now (GFLOP/s), measured for ``seconds`` (``dtype`` fp32 or bf16).
+
+    Measured in the run that reports against it: the machine kind changes between sessions (an Intel Xeon
+    with AMX, an AMD EPYC with AVX512-BF16), so no constant is right for long.
+    """
+    import torch
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
+    a @ b  # warm-up
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - began) / 1e9
 
 
 def commit() -> str:
@@ -83,14 +113,17 @@ def bench_runs_dir(chosen: Path | None, prefix: str):
         yield Path(tmp)
 
 
-def quality_line(name: str, runs: list[dict]) -> str:
-    """'- name: BA m±s, AUC m±s (per seed BA ...)' from the metrics.json of one run per fold seed."""
+def quality_line(name: str, runs: list[dict], wall: bool = False) -> str:
+    """'- name: BA m±s, AUC m±s (per seed BA ...)' from the metrics.json of one run per fold seed.
+
+    ``wall``: add the mean wall time of a run (its ``total_seconds``).
+    """
     ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
-    return f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
+    line = f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
+    return line + (f"; {np.mean([r['total_seconds'] for r in runs]):.0f} s per 5-fold run" if wall else "")
 
 
 # ----------------------------------------------------------------------------- CNN throughput figures
-MATMUL_GFLOPS = 133  # fp32 matmul measured on this machine (DEVELOPERS.md)
 LITE0_GFLOP_112 = 0.1  # EfficientNet-Lite0 forward at 112x112 (0.39 GFLOP at 224); training ~3x forward
 
 
@@ -108,14 +141,17 @@ def cnn_run_speed(run_dir: str | Path) -> dict:
             "bag_size": config["bag_size"]}
 
 
-def embed_rate_line(label: str, timings: dict) -> str:
-    """'embedding (label): N cell views in S s = R img/s, ~G GFLOP/s of the peak', or the cache note."""
+def embed_rate_line(label: str, timings: dict, peak_gflops: float) -> str:
+    """'embedding (label): N cell views in S s = R img/s, ~G GFLOP/s of the peak', or the cache note.
+
+    ``peak_gflops``: this machine's fp32 matmul throughput, measured by the same run (``matmul_gflops``).
+    """
     if not timings.get("embedded_images"):
         return f"- embedding ({label}): reused from the cache"
     rate = timings["embed_img_per_s"]
     return (f"- embedding ({label}, cold): {timings['embedded_images']} cell views in {timings['embed_seconds']:.0f} s"
-            f" = {rate:.0f} img/s, ~{rate * LITE0_GFLOP_112:.0f} GFLOP/s of the {MATMUL_GFLOPS} GFLOP/s "
-            f"fp32 matmul peak")
+            f" = {rate:.0f} img/s, ~{rate * LITE0_GFLOP_112:.0f} GFLOP/s of the {peak_gflops:.0f} GFLOP/s "
+            f"fp32 matmul peak measured in this run")
 
 
 def head_training_line(label: str, runs: list[dict], bags_per_epoch: float) -> str:

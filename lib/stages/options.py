@@ -1,0 +1,168 @@
+"""The options of the stage scripts and their range checks, light (no torch, timm, albumentations, optuna or
+scikit-learn): every script parses and checks its command line before it imports what does the work.
+
+train_cnn.py: ``add_cnn_args`` / ``check_cnn_ranges``; pretrain_cnn.py: ``add_pretrain_args`` /
+``check_pretrain_ranges``; train_clinical.py: ``add_clinical_args`` / ``check_clinical_options``.
+YAML keys of a ``-c`` preset are the option names with '_' for '-'.
+"""
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from lib.cnn.settings import MAX_TTA, SCOPES, STRENGTHS, clinical_fusion_arg
+from lib.core.errors import DataError
+from lib.features.tables import FEATURE_SETS
+from lib.models.options import HEAD_NAMES, PENALTIES, parse_c
+
+REGIMES = ("embed", "finetune")
+
+
+def raise_first(problems: list[tuple[bool, str]]) -> None:
+    """DataError with the message of the first (condition, message) pair whose condition holds."""
+    for bad, message in problems:
+        if bad:
+            raise DataError(message)
+
+
+def mapping_arg(text: str) -> dict:
+    """A YAML/JSON mapping given on the command line, e.g. '{hidden_dim: 64, dropout: 0.25}'."""
+    try:
+        value = yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise argparse.ArgumentTypeError(f"not valid YAML ({problem}): {text!r}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{hidden_dim: 64}}', got {text!r}")
+    return value
+
+
+def input_size_arg(text: str) -> str | int:
+    """'crop' (native pixels), 'model' (the backbone's data config) or a side in pixels."""
+    if text in ("crop", "model"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected crop, model or an integer, got {text!r}") from None
+
+
+def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of train_cnn.py (YAML keys are the option names with '_' for '-')."""
+    a = parser.add_argument
+    a("--regime", choices=REGIMES, default="embed",
+      help="embed: frozen backbone + cached embeddings; finetune: end to end")
+    a("--backbone", default="tf_efficientnet_lite0", help="timm model name")
+    a("--weights", default="lite0", help="backbone weights: a local file, 'lite0' (offline ImageNet Lite0) or 'none'")
+    a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
+    a("--input-size", type=input_size_arg, default="crop",
+      help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
+    a("--aug", choices=STRENGTHS, default="light", help="train augmentation preset")
+    a("--views", type=int, default=2, help="embed: augmented views per training cell (besides v0 and TTA views)")
+    a("--tta", type=int, default=1, help=f"dihedral test-time views besides the identity (0..{MAX_TTA})")
+    a("--head", choices=HEAD_NAMES, default="attention", help="MIL pooling head")
+    a("--head-args", type=mapping_arg, default={}, help="head options as a YAML mapping, e.g. '{hidden_dim: 64}'")
+    a("--bag-size", type=int, default=16, help="cells sampled per training bag (<= smallest bag); 0 = all cells")
+    a("--epochs", type=int, default=40)
+    a("--lr", type=float, default=1e-3, help="learning rate of the head")
+    a("--backbone-lr", type=float, default=1e-4, help="finetune: learning rate of the backbone")
+    a("--freeze-blocks", type=int, default=0,
+      help="finetune: freeze the backbone's first N blocks of timm's coarse groups (1 = the stem, 2 = stem + "
+           "first stage, ...): no gradients, BatchNorm statistics kept as loaded")
+    a("--feature-norm", choices=("none", "batchnorm"), default="none",
+      help="finetune: standardise the per-cell features before the head (BatchNorm1d over the step's cells)")
+    a("--weight-decay", type=float, default=1e-2)
+    a("--batch-patients", type=int, default=8, help="bags per optimisation step")
+    a("--eval-bags", type=int, default=0,
+      help="score a patient as the mean over this many random bags of --bag-size cells (0 = all cells at once); "
+           "keeps max/top-k/CHOWDER scores on the bag size they were trained on")
+    a("--pca", type=int, default=0, help="embed: PCA components of the standardised embeddings (0 = off)")
+    a("--no-clinical-fusion", dest="clinical_fusion", action="store_const", const=False,
+      help="images only (the default)")
+    a("--clinical-fusion", nargs="?", const=True, type=clinical_fusion_arg, default=False, metavar="concat|gate",
+      help="use the clinical features (standardised on the training folds): concat (the flag alone) feeds them "
+           "to the head; gate mixes an image expert and a clinical expert by a gate on the clinical values")
+    a("--folds", type=int, nargs="+", default=None, help="run only these folds (default all)")
+    a("--device", default="auto", help="auto, cpu or cuda[:N]")
+    a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+      help="autocast: auto = bf16 on CUDA (fp16 if unsupported), and on CPUs with native bf16 (AMX/AVX512-BF16) "
+           "for inference and finetune training; fp32 elsewhere")
+    a("--workers", type=int, default=0, help="finetune: data-loading worker processes")
+    a("--embed-batch", type=int, default=128, help="images per inference batch")
+    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+    parser.set_defaults(stage="cnn")
+    return parser
+
+
+def check_cnn_ranges(args: argparse.Namespace) -> None:
+    """train_cnn.py's numeric options within their ranges (DataError on the first problem)."""
+    problems = [(args.crop < 8, f"--crop {args.crop} must be >= 8"),
+                (not 0 <= args.tta <= MAX_TTA, f"--tta {args.tta} must be in 0..{MAX_TTA}"),
+                (args.views < 0, f"--views {args.views} must be >= 0"),
+                (args.bag_size < 0, f"--bag-size {args.bag_size} must be >= 0 (0 = all cells)"),
+                (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
+                (args.freeze_blocks < 0, f"--freeze-blocks {args.freeze_blocks} must be >= 0"),
+                (args.batch_patients < 1, f"--batch-patients {args.batch_patients} must be >= 1"),
+                (args.pca < 0, f"--pca {args.pca} must be >= 0"),
+                (args.eval_bags < 0, f"--eval-bags {args.eval_bags} must be >= 0"),
+                (args.embed_batch < 1, f"--embed-batch {args.embed_batch} must be >= 1"),
+                (any(not 0 <= k < args.n_folds for k in args.folds or []),
+                 f"--folds {args.folds}: folds are 0..{args.n_folds - 1}")]
+    raise_first(problems)
+
+
+def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of pretrain_cnn.py (YAML keys are the option names with '_' for '-')."""
+    a = parser.add_argument
+    a("--backbone", default="resnet10t", help="timm model name (dense convolutions train fastest under bf16)")
+    a("--weights", default="none", help="initial weights: 'none' (from scratch), 'lite0' or a local file")
+    a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
+    a("--input-size", type=input_size_arg, default=64,
+      help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
+    a("--scope", choices=SCOPES, default="all",
+      help="all: every cell of train and test patients (transductive, no labels); train: training patients only")
+    a("--epochs", type=int, default=30)
+    a("--batch-size", type=int, default=256, help="cells per step (2 views each)")
+    a("--lr", type=float, default=2e-3)
+    a("--weight-decay", type=float, default=1e-4)
+    a("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    a("--proj-dim", type=int, default=128, help="projection output size")
+    a("--hidden-dim", type=int, default=512, help="projection hidden size")
+    a("--device", default="auto", help="auto, cpu or cuda[:N]")
+    a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+      help="autocast: auto = bf16 on CUDA (fp16 if unsupported) and on CPUs with native bf16, else fp32")
+    a("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    parser.set_defaults(stage="pretrain")
+    return parser
+
+
+def check_pretrain_ranges(args: argparse.Namespace) -> None:
+    """pretrain_cnn.py's numeric options within their ranges (DataError on the first problem)."""
+    raise_first([(args.crop < 8, f"--crop {args.crop} must be >= 8"), (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
+                 (args.batch_size < 2, f"--batch-size {args.batch_size} must be >= 2"),
+                 (not args.temperature > 0, f"--temperature {args.temperature} must be > 0"),
+                 (not args.lr > 0, f"--lr {args.lr} must be > 0"),
+                 (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1")])
+
+
+def add_clinical_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of train_clinical.py."""
+    parser.add_argument("--feature-set", default="clinical", choices=sorted(FEATURE_SETS),
+                        help="patient features (see lib/features/tables.py)")
+    parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds used to choose C")
+    parser.add_argument("--C", type=parse_c, default=None,
+                        help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")
+    parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
+    parser.set_defaults(stage="clinical")
+    return parser
+
+
+def check_clinical_options(args) -> None:
+    """Options of the clinical stage within their ranges (before any run directory is created)."""
+    if args.inner_folds < 2:
+        raise DataError(f"--inner-folds {args.inner_folds} must be >= 2")
+    if args.n_folds < 2:
+        raise DataError(f"--n-folds {args.n_folds} must be >= 2")
