@@ -12,7 +12,6 @@ shared by the fold seeds) and the CNN stages embed the cells with it (configs/cn
 encoder) joins the blend as one more model.
 """
 import argparse
-import importlib
 import signal
 import subprocess
 import sys
@@ -148,20 +147,6 @@ def run_child(command: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def run_in_process(command: list[str]) -> int:
-    """Run a stage script's ``main(argv)`` in this process, through the same one-line error wrapper; its exit code.
-
-    For callers that run the pipeline from Python many times (the tests): no interpreter start and no torch
-    import per stage. The command line always runs each stage as its own process (``run_child``).
-    """
-    module = importlib.import_module(Path(command[0]).stem)
-    try:
-        run_main(module.main, command[1:])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
-
-
 Runner = Callable[[list[str]], int]
 
 
@@ -190,7 +175,7 @@ def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: d
 
 
 def main(argv=None, runner: Runner = run_child) -> dict[str, float]:
-    """Run every stage (``runner``: each as its own process, or ``run_in_process``); return the wall time of each
+    """Run every stage (``runner``: each as its own process, or ``lib.core.cli.run_in_process``); return the wall time of each
     (seconds)."""
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)

@@ -115,11 +115,12 @@ TINY_CNN = {"regime": "embed", "backbone": "test_efficientnet", "weights": "none
 def demo_pipeline(tmp_path_factory):
     """The main job once on a small demo directory (tiny CNN): (data dir, runs dir, submission, stage seconds).
 
-    The stages run in this process (``pipeline.run_in_process``): the same scripts' ``main(argv)`` without an
+    The stages run in this process (``lib.core.cli.run_in_process``): the same scripts' ``main(argv)`` without an
     interpreter start and a torch import each; tests/test_imports.py and the SIGTERM test run real processes."""
     import yaml
 
     import pipeline
+    from lib.core.cli import run_in_process
     from lib.data.demo.build import generate_demo
     root = tmp_path_factory.mktemp("pipeline")
     data = generate_demo(root / "demo", n_train=18, n_test=4, cells=(16, 18), seed=3, progress=False)
@@ -128,5 +129,5 @@ def demo_pipeline(tmp_path_factory):
     out = root / "submission.csv"
     seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(root / "runs"), "--out", str(out),
                              "--cnn-config", str(config), "--trials", "8", "--folds-dir", str(root / "folds"),
-                             "--cache-dir", str(root / "cache")], runner=pipeline.run_in_process)
+                             "--cache-dir", str(root / "cache")], runner=run_in_process)
     return data, root / "runs", out, seconds

@@ -5,7 +5,6 @@ The cases run in-process through each script's ``main(argv)`` and the same ``run
 line (a fresh interpreter per case cost ~5 s each); tests/test_imports.py runs every script once as a real
 process (a bad option: one line, exit 2, no traceback, no heavy import).
 """
-import importlib
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import cohort_rows, frame, make_2024
 
-from lib.core.cli import run_main
+from lib.core.cli import run_in_process
 
 TRAIN, TEST = cohort_rows(n_train=12, n_test=3)
 TRAIN_CSV, TEST_CSV = Path("trainset") / "trainset_true.csv", Path("testset") / "testset_data.csv"
@@ -143,15 +142,6 @@ CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error l
 }
 
 
-def run_script(script: str, argv: list[str]) -> int:
-    """``script``'s main(argv) through run_main, as ``python script argv`` runs it; its exit code."""
-    try:
-        run_main(importlib.import_module(script.removesuffix(".py")).main, argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, caplog):
     script, setup, expected = CASES[name]
@@ -165,7 +155,7 @@ def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, caplog):
     capsys.readouterr()
     caplog.clear()
     caplog.set_level(logging.INFO)
-    code = run_script(script, argv)
+    code = run_in_process([script, *argv])  # main(argv) through run_main, as the command line runs it
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err

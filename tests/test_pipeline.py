@@ -29,6 +29,7 @@ def variant_pipeline(demo_pipeline, tmp_path_factory):
     from conftest import TINY_CNN
 
     import pipeline
+    from lib.core.cli import run_in_process
     data, runs, _, _ = demo_pipeline
     root = tmp_path_factory.mktemp("variants")
     pretrain = {"backbone": "test_efficientnet", "crop": 32, "input_size": 32, "epochs": 1, "batch_size": 32,
@@ -42,7 +43,7 @@ def variant_pipeline(demo_pipeline, tmp_path_factory):
                              "--pretrain-config", str(root / "pretrain.yaml"), "--with-finetune",
                              str(root / "finetune.yaml"), "--trials", "4", "--fold-seeds", "42", "43",
                              "--folds-dir", str(shared / "folds"), "--cache-dir", str(shared / "cache")],
-                            runner=pipeline.run_in_process)
+                            runner=run_in_process)
     return root, seconds
 
 

@@ -1,6 +1,8 @@
 """The one entry wrapper of every script: bad input becomes one line on stderr and exit code 2."""
+import importlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lib.core.errors import DataError
@@ -14,3 +16,18 @@ def run_main(main: Callable[..., Any], argv: list[str] | None = None) -> None:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_in_process(command: list[str]) -> int:
+    """Run a script (``[script.py, *argv]``, the repository on ``sys.path``) as ``python script.py argv`` would, but
+    in this process: its ``main(argv)`` through ``run_main``; return its exit code.
+
+    For callers that run scripts from Python many times (pipeline.py's tests, the bad-input cases): no interpreter
+    start and no torch import per call. The command line runs each pipeline stage as its own process.
+    """
+    module = importlib.import_module(Path(command[0]).stem)
+    try:
+        run_main(module.main, command[1:])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
