@@ -14,7 +14,7 @@ from lib.core.cli import run_main
 from lib.core.config import ArgParser, parse_config
 from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
-from lib.data.dataset import load_dataset
+from lib.data.dataset import check_test_inputs, load_dataset
 from lib.fusion.fuse import FusionParams
 from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
 
@@ -51,6 +51,7 @@ def test_ids_of(args: argparse.Namespace, runs: RunSet) -> tuple[Path, list[str]
     recorded = runs.configs[0]["dataset_name"]
     if recorded != dataset.name:
         raise DataError(f"{runs.paths[0]}: trained on {recorded}, but {data_dir} is {dataset.name}")
+    check_test_inputs(dataset, runs.configs[0].get("test_inputs"), runs.paths[0])
     return Path(data_dir), list(dataset.test.index)
 
 

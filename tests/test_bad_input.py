@@ -99,7 +99,21 @@ def _out_is_directory(data: Path, tmp: Path) -> list[str]:
     return ["--runs", str(tmp / "no_run"), "--out", str(tmp / "outdir")]
 
 
-PREP, CLIN, CNN, SUB = "prepare_data.py", "train_clinical.py", "train_cnn.py", "make_submission.py"
+def _one_class(data: Path, tmp: Path) -> list[str]:
+    frame(TRAIN).assign(LABEL="1").to_csv(data / TRAIN_CSV, index=False)
+    return []
+
+
+def _ensemble(*argv: str):
+    def setup(data: Path, tmp: Path) -> list[str]:
+        return ["--runs", str(tmp / "no_run"), "--runs-dir", str(tmp / "runs"), "--experiment", "bad", *argv]
+    return setup
+
+
+PREP, CLIN, CNN, SUB, ENS = "prepare_data.py", "train_clinical.py", "train_cnn.py", "make_submission.py", "ensemble.py"
+PRE = "pretrain_cnn.py"
+PRE_ARGS = ["--backbone", "test_efficientnet", "--crop", "24", "--input-size", "24", "--batch-size", "4"]
+UNREACHABLE = "postgresql://user:SECRET@127.0.0.1:1/db"  # nothing listens on port 1: refused at once
 CNN_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--crop", "24"]
 CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error line must contain)
     "train_header_only": (PREP, _write(TRAIN_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"),
@@ -139,6 +153,34 @@ CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error l
     "yaml_epochs_many": (CNN, _yaml("epochs: many\n", *CNN_ARGS), "bad.yaml: epochs (option --epochs): invalid value 'many'"),
     "head_args_yaml": (CNN, _args(*CNN_ARGS, "--head-args", "{hidden_dim: [64"), "argument --head-args: not valid YAML"),
     "out_is_directory": (SUB, _out_is_directory, "outdir: --out names a directory"),
+    "storage_unreachable": (CLIN, _args("--study", "s", "--storage", UNREACHABLE),
+                            "--storage postgresql://user:***@127.0.0.1:1/db: cannot connect"),
+    "storage_malformed": (CLIN, _args("--study", "s", "--storage", ":::"), "--storage :::: not a database URL"),
+    "storage_unsupported": (CLIN, _args("--study", "s", "--storage", "mongodb://user:SECRET@h/db"),
+                            "--storage mongodb://user:***@h/db: unsupported database 'mongodb'"),
+    "storage_no_driver": (CLIN, _args("--study", "s", "--storage", "mysql://user:SECRET@127.0.0.1:1/db"),
+                          "the database driver is not installed"),
+    "storage_sqlite_folder": (CLIN, _args("--study", "s", "--storage", "sqlite:////no/such/folder/s.db"),
+                              "folder /no/such/folder does not exist"),
+    "ensemble_storage": (ENS, _ensemble("--storage", UNREACHABLE), "--storage postgresql://user:***@127.0.0.1:1/db"),
+    "ensemble_seed_negative": (ENS, _ensemble("--seed", "-1"), "--seed -1 must be >= 0"),
+    "one_class": (PREP, _one_class, "trainset_true.csv: all 12 training patients have LABEL 1; training needs both"),
+    "one_class_clinical": (CLIN, _one_class, "trainset_true.csv: all 12 training patients have LABEL 1"),
+    "cache_crop_tiny": (PREP, _args("--cache", "4"), "--cache 4 must be a crop >= 8 pixels"),
+    "fold_seed_negative": (PREP, _args("--fold-seed", "-1"), "--fold-seed -1 must be >= 0"),
+    "n_folds_1": (PREP, _args("--n-folds", "1"), "--n-folds 1 must be >= 2"),
+    "seed_negative": (CLIN, _args("--seed", "-1"), "--seed -1 must be >= 0"),
+    "C_infinite": (CLIN, _args("--C", "inf"), "argument --C: C must be a finite number > 0"),
+    "lr_negative": (CNN, _args(*CNN_ARGS, "--lr", "-1"), "--lr -1.0 must be a finite number > 0"),
+    "lr_nan": (CNN, _args(*CNN_ARGS, "--lr", "nan"), "--lr nan must be a finite number > 0"),
+    "backbone_lr_negative": (CNN, _args(*CNN_ARGS, "--backbone-lr", "-0.1"), "--backbone-lr -0.1 must be"),
+    "weight_decay_negative": (CNN, _args(*CNN_ARGS, "--weight-decay", "-1"), "--weight-decay -1.0 must be"),
+    "workers_negative": (CNN, _args(*CNN_ARGS, "--workers", "-2"), "--workers -2 must be >= 0"),
+    "input_size_tiny": (CNN, _args(*CNN_ARGS, "--input-size", "2"), "an input side in pixels must be >= 8"),
+    "cnn_seed_negative": (CNN, _args(*CNN_ARGS, "--seed", "-3"), "--seed -3 must be >= 0"),
+    "pretrain_lr_negative": (PRE, _args(*PRE_ARGS, "--lr", "-1"), "--lr -1.0 must be a finite number > 0"),
+    "pretrain_weight_decay": (PRE, _args(*PRE_ARGS, "--weight-decay", "-1"), "--weight-decay -1.0 must be"),
+    "pretrain_temperature_inf": (PRE, _args(*PRE_ARGS, "--temperature", "inf"), "--temperature inf must be"),
 }
 
 
@@ -147,9 +189,10 @@ def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, caplog):
     script, setup, expected = CASES[name]
     data = make_2024(tmp_path / "data", train=TRAIN, test=TEST, n_cells=2, size=32)
     extra = setup(data, tmp_path)
-    argv = [] if script == SUB else ["--data-dir", str(data), "--folds-dir", str(tmp_path / "folds"),
-                                     "--cache-dir", str(tmp_path / "cache"), "--n-folds", "3"]
-    if script in (CLIN, CNN):
+    argv = [] if script in (SUB, ENS) else ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache")]
+    if script in (PREP, CLIN, CNN):  # the scripts that read fold files
+        argv += ["--folds-dir", str(tmp_path / "folds"), "--n-folds", "3"]
+    if script in (CLIN, CNN, PRE):
         argv += ["--runs-dir", str(tmp_path / "runs"), "--experiment", "bad"]
     argv += extra  # later options win (a blocked --folds-dir/--runs-dir/--cache-dir)
     capsys.readouterr()
@@ -160,7 +203,7 @@ def test_bad_input_is_one_line_exit_2(name, tmp_path, capsys, caplog):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0], lines[0]
+    assert expected in lines[0] and "SECRET" not in err, lines[0]
     assert not caplog.records, [r.getMessage() for r in caplog.records]  # nothing logged before the error
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir()), f"run directory left behind: {list(runs.iterdir())}"

@@ -98,6 +98,22 @@ def test_bad_jpgs_are_skipped_with_a_warning_then_empty_bag_fails(data_2024, cap
         load_dataset(data_2024)
 
 
+def test_odd_folder_entries_named_like_images_are_skipped_with_a_warning(data_2024, caplog):
+    import os
+    folder = data_2024 / "trainset" / "P1"
+    (folder / "folder.jpg").mkdir()                       # a directory named like an image
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")   # a symlink loop (ELOOP)
+    (folder / "gone.jpg").symlink_to(folder / "missing")    # a broken link
+    os.mkfifo(folder / "pipe.jpg")                          # opening it would block for ever
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset(data_2024)
+    assert ds.patients.loc["P1", "n_images"] == 3 and len(ds.test_inputs()) == 2
+    for name, problem in (("folder.jpg", "not a regular file"), ("pipe.jpg", "not a regular file"),
+                          ("loop.jpg", "unreadable (Too many levels of symbolic links)"),
+                          ("gone.jpg", "unreadable (No such file or directory)")):
+        assert f"{name}: {problem}" in caplog.text, caplog.text
+
+
 def test_a_different_dataset_has_a_different_name(data_2024, tmp_path):
     other = make_2024(tmp_path / "comp2024b", train=TRAIN_ROWS[:-1] + [("P9", "0", "F", "1/1/1970", "5")])
     assert load_dataset(data_2024).name != load_dataset(other).name

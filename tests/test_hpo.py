@@ -309,7 +309,12 @@ def test_two_workers_share_a_postgresql_study(cohort, folds_dir, tmp_path):
     if not PG_URL:
         pytest.skip("no PostgreSQL server: set LYMPH_TEST_PG_URL (.ci/run starts one)")
     name = f"pair_{uuid.uuid4().hex[:8]}"
+    from sqlalchemy.engine import make_url
+    secret = f"pw-{uuid.uuid4().hex[:8]}"  # the CI server trusts loopback: any password is accepted
+    url = make_url(PG_URL).set(password=secret).render_as_string(hide_password=False)
     try:
-        check_shared(run_two_workers(cohort, folds_dir, tmp_path, PG_URL, name))
+        check_shared(run_two_workers(cohort, folds_dir, tmp_path, url, name))
+        leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks, f"the storage password is written in {leaks}"
     finally:
         optuna.delete_study(study_name=name, storage=with_installed_driver(PG_URL))

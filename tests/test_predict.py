@@ -86,7 +86,7 @@ def test_mismatched_data_is_a_one_line_error(demo_pipeline, tmp_path, change, me
 
 def test_a_missing_model_file_is_a_one_line_error(demo_pipeline, tmp_path):
     data, runs, _, _ = demo_pipeline
-    model = next(runs.glob("*/clinical")) / "folds" / "model_0.pkl"
+    model = next(runs.glob("*/clinical")) / "folds" / "model_0.json"
     model.rename(model.with_suffix(".moved"))
     try:
         command = [sys.executable, "predict.py", "--ensemble", str(ensemble_dir(runs)), "--data-dir", str(data),

@@ -2,6 +2,7 @@
 a blend without a CNN run, refusals."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def make_run(root: Path, name: str, data_dir: Path, probas: np.ndarray, cells: b
     run_dir = root / name
     run_dir.mkdir(parents=True)
     dataset = load_dataset(data_dir)
-    config = {"data_dir": str(data_dir), "experiment": name, "dataset_name": dataset.name}
+    config = {"data_dir": str(data_dir), "experiment": name, "dataset_name": dataset.name,
+              "test_inputs": dataset.test_inputs()}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     test_ids = [f"T{i}" for i in range(N_TEST)]
     test = fold_test_table({k: pd.Series(0.3 + 0.1 * k, index=test_ids) for k in range(N_FOLDS)})
@@ -163,3 +165,16 @@ def test_report_without_data_dir_skips_montages(data_dir, tmp_path):
     (ensemble / "best_params.json").write_text(json.dumps({**saved, "data_dir": str(tmp_path / "moved")}))
     html = report.main(["--ensemble", str(ensemble), "--no-progress"]).read_text()
     assert "pass --data-dir" in html and sorted(pngs_linked(html)) == sorted(QUALITY)
+
+
+def test_report_refuses_a_data_dir_whose_test_inputs_changed(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    ensemble = make_ensemble(runs, [make_run(runs, "cnn", data_dir, CNN, cells=True)])
+    changed = tmp_path / "copy" / data_dir.name  # the same dataset name: same IDs and labels
+    shutil.copytree(data_dir, changed)
+    csv = changed / "testset" / "testset_data.csv"
+    table = pd.read_csv(csv, dtype=str)
+    table.loc[0, "LYMPH_COUNT"] = "9.9"
+    table.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=f"test patient {table.loc[0, 'ID']}'s inputs"):
+        report.main(["--ensemble", str(ensemble), "--data-dir", str(changed), "--no-progress"])

@@ -68,7 +68,8 @@ def write_run(path, data_dir, seed, test_ids=("P7", "P8")):
                   "proba": rng.uniform(0, 1, 6)}).to_csv(path / "oof.csv", index=False)
     test = pd.DataFrame({"ID": list(test_ids), **{f"fold_{k}": rng.uniform(0, 1, len(test_ids)) for k in range(3)}})
     test.assign(proba=test.filter(like="fold_").mean(axis=1)).to_csv(path / "test.csv", index=False)
-    config = {"data_dir": str(data_dir), "dataset_name": load_dataset(data_dir).name}
+    dataset = load_dataset(data_dir)
+    config = {"data_dir": str(data_dir), "dataset_name": dataset.name, "test_inputs": dataset.test_inputs()}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     return path
 
@@ -155,3 +156,33 @@ def test_test_patient_missing_from_a_run_names_its_test_csv(data_dir, tmp_path):
     with pytest.raises(DataError, match=r"a/test.csv: 1 test patient\(s\) of .* missing, e.g. P8"):
         make_submission.main(["--runs", str(run), "--out", str(tmp_path / "sub.csv")])
     assert not (tmp_path / "sub.csv").exists()
+
+
+def _count_changed(data_dir):
+    csv = data_dir / "testset" / "testset_data.csv"
+    table = pd.read_csv(csv, dtype=str)
+    table.loc[table["ID"] == "P8", "LYMPH_COUNT"] = "7.5"  # a typo fixed after the runs scored P8
+    table.to_csv(csv, index=False)
+
+
+def _image_replaced(data_dir):
+    import cv2
+    image = sorted((data_dir / "testset" / "P7").iterdir())[0]
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))  # re-exported
+
+
+@pytest.mark.parametrize("change, patient", [(_count_changed, "P8"), (_image_replaced, "P7")])
+def test_a_submission_for_changed_test_inputs_is_refused(data_dir, tmp_path, change, patient):
+    run = write_run(tmp_path / "a", data_dir, 0)
+    change(data_dir)
+    with pytest.raises(DataError, match=f"test patient {patient}'s inputs .* differ from those .*a scored.*predict.py"):
+        make_submission.main(["--runs", str(run), "--out", str(tmp_path / "sub.csv")])
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_a_run_that_records_no_test_inputs_is_refused(data_dir, tmp_path):
+    run = write_run(tmp_path / "a", data_dir, 0)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "test_inputs"}))
+    with pytest.raises(DataError, match="records no test inputs"):
+        make_submission.main(["--runs", str(run), "--out", str(tmp_path / "sub.csv")])

@@ -70,18 +70,30 @@ def create_transform(train: bool, crop: int, strength: str = "light", data_confi
     return A.Compose([*steps, *normalise], seed=seed)
 
 
-def create_contrastive_transform(crop: int, data_config: dict, seed: int | None = None) -> A.Compose:
+def create_contrastive_transform(crop: int, data_config: dict, seed: int | None = None,
+                                 colour: str = "jitter") -> A.Compose:
     """SimCLR view pipeline uint8 crop -> normalised tensor at the data config's input size.
 
     Two independent draws of this pipeline make a positive pair: a random resized crop (the same cell
-    at another scale and position), any dihedral symmetry, colour/stain jitter, occasional grey and blur.
-    The strength follows SimCLR's recipe, with a milder hue shift (stain colour carries information).
+    at another scale and position), any dihedral symmetry, colour changes, occasional grey and blur.
+    ``colour``: ``jitter`` follows SimCLR's recipe (brightness, contrast, saturation, a mild hue shift);
+    ``stain`` swaps saturation and hue jitter for albumentations' stain augmentation (``HEStain``: the colour
+    split into stain concentrations by a randomly chosen stain matrix, each scaled and shifted), the usual
+    answer to stain colour that varies by lab and day.
     """
     side = input_side(data_config)
+    if colour == "stain":
+        colours = [A.HEStain(method="random_preset", intensity_scale_range=(0.7, 1.3),
+                             intensity_shift_range=(-0.2, 0.2), p=0.8),
+                   A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, p=0.8)]
+    elif colour == "jitter":
+        colours = [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8)]
+    else:
+        raise ValueError(f"colour augmentation {colour!r} is not one of jitter, stain")
     return A.Compose([
         A.RandomResizedCrop(size=(side, side), scale=(0.35, 1.0), ratio=(0.8, 1.25), p=1.0),
         A.SquareSymmetry(p=1.0),
-        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=0.8),
+        *colours,
         A.ToGray(p=0.1),
         A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.5), p=0.3),
         A.Normalize(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]), max_pixel_value=255.0),

@@ -33,8 +33,9 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     """Restore what ``rng_states`` saved."""
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    random.setstate(tuple(states["python"]))
+    kind, key, *rest = states["numpy"]  # the key comes back from a checkpoint as a tensor
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -187,7 +188,8 @@ def save_training_state(trainer, epoch: int, history: list[dict], path) -> None:
 
 def load_training_state(trainer, path) -> tuple[int, list[dict]]:
     """Restore what ``save_training_state`` wrote; returns (next epoch, history so far)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+    from lib.core.io import read_checkpoint
+    state = read_checkpoint(path, map_location="cpu")  # plain data only; RNG states must stay CPU tensors
     for name in ("model", "optimizer", "scheduler", "scaler"):
         getattr(trainer, name).load_state_dict(state[name])
     set_rng_states(state["rng"])

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.decomposition import PCA
 
 from lib.cnn.common import (
     FoldResult,
@@ -39,8 +38,9 @@ from lib.cnn.embedding import Embeddings
 from lib.cnn.settings import HeadSettings, clinical_inputs
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
-from lib.models.anomaly import anomaly_scores, fit_anomaly_model
+from lib.models.anomaly import AnomalyModel, anomaly_scores, fit_anomaly_model
 from lib.models.heads import create_head
+from lib.models.pca import WhitenedPCA
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class CellPrep:
 
     mean: np.ndarray
     std: np.ndarray
-    pca: PCA | None = None
+    pca: WhitenedPCA | None = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Transform (..., dim) embeddings."""
@@ -61,6 +61,16 @@ class CellPrep:
             z = self.pca.transform(z.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
         return z.astype(np.float32)
 
+    def state(self) -> dict:
+        """Plain arrays, for a head.pt (see ``from_state``)."""
+        return {"mean": self.mean, "std": self.std, **({"pca": self.pca.state()} if self.pca is not None else {})}
+
+    @classmethod
+    def from_state(cls, state: dict) -> CellPrep:
+        """Rebuild from ``state()``."""
+        pca = WhitenedPCA.from_state(state["pca"]) if "pca" in state else None
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]), pca)
+
 
 def fit_prep(train_cells: np.ndarray, pca_dim: int, seed: int) -> CellPrep:
     """Fit the standardisation (and PCA to ``pca_dim`` components when > 0) on training cells."""
@@ -68,7 +78,7 @@ def fit_prep(train_cells: np.ndarray, pca_dim: int, seed: int) -> CellPrep:
     prep = CellPrep(mean, np.where(std > 1e-6, std, 1.0))
     if pca_dim > 0:
         n_comp = min(pca_dim, train_cells.shape[0] - 1, train_cells.shape[1])
-        prep.pca = PCA(n_components=n_comp, whiten=True, random_state=seed).fit(prep(train_cells))
+        prep.pca = WhitenedPCA.fit(prep(train_cells), n_comp, seed)
     return prep
 
 
@@ -203,8 +213,24 @@ def train_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, va
              history["seconds"].sum(), history["train_loss"].iloc[-1])
     state = {"head": head.state_dict(), "head_name": s.head, "head_args": s.head_args, "in_dim": in_dim,
              "clinical_fusion": s.clinical_fusion,
-             "embedding": emb.spec.__dict__, **data.fitted}
+             "embedding": emb.spec.__dict__, **fitted_state(data.fitted)}
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
+
+
+def fitted_state(fitted: dict) -> dict:
+    """A fold's fitted preprocessing as plain arrays and numbers (what a head.pt holds; see ``fitted_from_state``)."""
+    state = {k: v for k, v in fitted.items() if k == "clinical_stats"}
+    state.update({k: fitted[k].state() for k in ("prep", "anomaly_model") if k in fitted})
+    return state
+
+
+def fitted_from_state(state: dict) -> dict:
+    """The fitted preprocessing of a head.pt (the inverse of ``fitted_state``)."""
+    fitted = {k: v for k, v in state.items() if k == "clinical_stats"}
+    fitted["prep"] = CellPrep.from_state(state["prep"])
+    if "anomaly_model" in state:
+        fitted["anomaly_model"] = AnomalyModel.from_state(state["anomaly_model"])
+    return fitted
 
 
 def head_from_state(state: dict) -> torch.nn.Module:
@@ -218,7 +244,8 @@ def head_from_state(state: dict) -> torch.nn.Module:
 def fold_data_from_state(state: dict, emb: Embeddings, dataset: Dataset, pids) -> FoldData:
     """Scoring tensors of some patients with a trained fold's fitted preprocessing (no refitting)."""
     raw = {pid: emb.stack(pid, emb.spec.eval_views) for pid in pids}
-    return FoldData(*fitted_tensors(raw, state, dataset), dataset.patients["LABEL"], state)
+    fitted = fitted_from_state(state)
+    return FoldData(*fitted_tensors(raw, fitted, dataset), dataset.patients["LABEL"], fitted)
 
 
 def predict_fold(state: dict, emb: Embeddings, dataset: Dataset, s: HeadSettings, pids,

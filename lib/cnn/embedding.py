@@ -29,7 +29,7 @@ import torch
 
 from lib.cnn import augment
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
-from lib.core.io import atomic_write_bytes, atomic_write_csv
+from lib.core.io import atomic_write_bytes, atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
@@ -139,14 +139,15 @@ def covered_cells(index: pd.DataFrame, view: str) -> pd.DataFrame:
     return index[index["split"] == "train"]
 
 
-def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame) -> np.ndarray | None:
-    """A cached view when its index matches these cells, else None."""
+def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame, quiet: bool = False) -> np.ndarray | None:
+    """A cached view when its index matches these cells, else None (with a warning unless ``quiet``)."""
     if not index_path.exists() or not array_path.exists():
         return None
     saved = pd.read_csv(index_path, dtype={"ID": str, "file": str})
     if not same_cells(saved, cells):
-        log.warning("%s: cached cells differ from the dataset (added, removed, replaced or touched), recomputing",
-                    index_path)
+        if not quiet:
+            log.warning("%s: cached cells differ from the dataset (added, removed, replaced or touched), "
+                        "recomputing", index_path)
         return None
     return np.load(array_path)
 
@@ -206,9 +207,18 @@ def _load_or_embed(images: ImageCache, cells: pd.DataFrame, view: str, spec: Emb
     """One view from the cache, or computed and cached (then also its duration)."""
     array_path, index_path = view_paths(spec, view, cache_dir)
     cached = _read_view(array_path, index_path, cells)
-    if cached is not None:
-        log.debug("embedding cache hit %s", array_path)
-        return cached, None
+    if cached is None:
+        with build_lock(array_path):  # a second process on this cold cache waits, then reuses the first's view
+            cached = _read_view(array_path, index_path, cells, quiet=True)
+            if cached is None:
+                return _embed_view(images, cells, view, spec, job, model, array_path, index_path)
+    log.debug("embedding cache hit %s", array_path)
+    return cached, None
+
+
+def _embed_view(images: ImageCache, cells: pd.DataFrame, view: str, spec: EmbedSpec, job: EmbedJob,
+                model: torch.nn.Module, array_path: Path, index_path: Path) -> tuple[np.ndarray, float]:
+    """Embed one view's cells and cache them; returns the array and the seconds it took."""
     start = time.perf_counter()
     to_tensor = view_transform(view, spec, job.data_config)
     array = embed_images(model, images.array, cells["row"].to_numpy(), to_tensor, job.batch_size,

@@ -55,6 +55,7 @@ class PretrainSettings:
     scope: str
     seed: int
     progress: bool
+    colour: str = "jitter"
 
 
 class SimCLRNet(nn.Module):
@@ -110,7 +111,7 @@ class Pretrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, self.s.epochs * self.steps_per_epoch, warmup=0.05)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.transform = create_contrastive_transform(self.cache.array.shape[1], self.data_config)
+        self.transform = create_contrastive_transform(self.cache.array.shape[1], self.data_config, colour=self.s.colour)
 
     def views(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Two independently augmented views of the cells, channels_last on the device."""

@@ -14,6 +14,7 @@ from lib.data.clinical import CLINICAL_FEATURES
 
 STRENGTHS = ("light", "heavy")  # augmentation presets (lib.cnn.augment)
 MAX_TTA = 7  # the 7 non-identity dihedral symmetries of a square
+COLOURS = ("jitter", "stain")  # colour augmentation of the SimCLR views (lib.cnn.augment)
 SCOPES = ("all", "train")  # pretraining cells: train + test (transductive), or training patients only
 
 

@@ -130,5 +130,6 @@ def _convert(where: str, action: argparse.Action, value):
 
 
 def config_dict(args: argparse.Namespace) -> dict:
-    """Resolved settings as plain YAML-safe values (paths as strings)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    """Resolved settings as plain YAML-safe values (paths as strings, a storage URL without its password)."""
+    from lib.core.storage import safe_url
+    return {k: (str(v) if isinstance(v, Path) else safe_url(v) if k == "storage" else v) for k, v in vars(args).items()}

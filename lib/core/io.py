@@ -1,7 +1,11 @@
-"""Atomic file writes: a crash never leaves a half-written file under its final name."""
+"""Atomic file writes: a crash never leaves a half-written file under its final name; a lock around building a
+shared cache file, so that two processes on one cold cache build it once."""
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +13,8 @@ import pandas as pd
 import yaml
 
 from lib.core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
@@ -87,10 +93,85 @@ def _json_default(value: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """Atomically write a torch checkpoint (serialised in memory, then written like any file)."""
+    """Atomically write a checkpoint of plain data that ``read_checkpoint`` loads without running code.
+
+    Tensors, numbers, strings, None, lists, tuples and dicts only; numpy arrays are stored as tensors and
+    numpy scalars as Python numbers (``as_plain``). Anything else fails here, at saving, not when read.
+    """
     import io
 
     import torch
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(as_plain(obj), buffer)
     return atomic_write_bytes(buffer.getvalue(), path)
+
+
+def as_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers (containers recursed)."""
+    import numpy as np
+    import torch
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: as_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(as_plain(v) for v in obj)
+    if obj is None or isinstance(obj, (str, int, float, bool, torch.Tensor)):
+        return obj
+    raise TypeError(f"checkpoint: {type(obj).__name__} is not plain data (tensors, numbers, strings, containers)")
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True``: plain data only, never code (one-line DataError if not)."""
+    import pickle
+
+    import torch
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise DataError(f"{path}: refused: not a plain-data checkpoint, loading it could run code ({reason})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        reason = os_problem(exc) if isinstance(exc, OSError) else (str(exc).splitlines() or [""])[0][:160]
+        raise DataError(f"{path}: unreadable checkpoint ({reason})") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file (one-line DataError naming it when unreadable)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+@contextmanager
+def build_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while this process builds the cache file ``path``.
+
+    A second process asking for the same file waits here (saying so once), then finds it built: the caller
+    checks again inside the lock. The lock is an ``fcntl.flock``, released by the kernel however the holder
+    exits; the empty lock file stays (removing it would race with a waiter).
+    """
+    import fcntl
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    make_dirs(lock_path.parent)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as exc:
+        raise DataError(f"{lock_path}: cannot create the cache lock ({os_problem(exc)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is building it, waiting for it", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from lib.data.clinical import AGE_REFERENCE_DATE, MAX_AGE, age_years, clinical_features, normalise_gender, parse_dob
 from lib.core.errors import DataError
+from lib.core.io import os_problem
 
 log = logging.getLogger(__name__)
 COLUMNS = ["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]
@@ -44,6 +46,20 @@ class Dataset:
         """Short hash of the patient IDs, splits and labels: identifies this dataset."""
         rows = sorted(f"{i}:{r.split}:{r.LABEL}" for i, r in self.patients.iterrows())
         return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:8]
+
+    def test_inputs(self) -> dict[str, str]:
+        """Per test patient, a short hash of everything a model reads of it: the clinical values and the name and
+        bytes of every image. Recorded by each run (config.yaml ``test_inputs``); a submission or report made
+        from the runs for a data directory whose test inputs differ is refused (the runs scored other inputs)."""
+        out = {}
+        for pid in sorted(self.test.index):
+            row = self.patients.loc[pid]
+            h = hashlib.sha1(f"{row.GENDER}|{row.DOB}|{row.LYMPH_COUNT!r}".encode())
+            for path in sorted(self.images[pid], key=lambda q: q.name):
+                h.update(f"\n{path.name}:".encode())
+                h.update(hashlib.sha1(path.read_bytes()).digest())
+            out[str(pid)] = h.hexdigest()[:12]
+        return out
 
     @property
     def name(self) -> str:
@@ -74,10 +90,21 @@ def load_dataset(root: str | Path, scoring_only: bool = False) -> Dataset:
         raise DataError(f"{root}: data directory not found")
     layout, table = _read_tables(root, scoring_only)
     patients = _validate_patients(table)
+    if not scoring_only:
+        _check_both_classes(patients, root, layout)
     images = {pid: _patient_images(root, pid, split) for pid, split in patients["split"].items()}
     patients["n_images"] = pd.Series({pid: len(paths) for pid, paths in images.items()})
     patients = patients.join(clinical_features(patients))
     return Dataset(root=root, layout=layout, patients=patients, images=images)
+
+
+def _check_both_classes(patients: pd.DataFrame, root: Path, layout: str) -> None:
+    """A training set needs patients of both classes: with one, no model can learn and BA/AUC are undefined."""
+    labels = patients.loc[patients["split"] == "train", "LABEL"]
+    if labels.nunique() < 2:
+        where = root / ("trainset/trainset_true.csv" if layout == "2024" else "clinical_annotation.csv")
+        have = f"all {len(labels)} training patients have LABEL {labels.iloc[0]}" if len(labels) else "no training patients"
+        raise DataError(f"{where}: {have}; training needs both classes (0 reactive, 1 tumoral)")
 
 
 def _read_tables(root: Path, scoring_only: bool = False) -> tuple[str, pd.DataFrame]:
@@ -199,7 +226,10 @@ def _patient_images(root: Path, pid: str, split: str) -> list[Path]:
     if folder.resolve().parent != split_dir.resolve():
         raise DataError(f"{folder}: image folder of {split} patient {pid} resolves to {folder.resolve()}, "
                         f"outside {split_dir} (a link out of the data directory?)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the images of patient {pid} ({os_problem(exc)})") from None
     if not files:
         raise DataError(f"{folder}: no .jpg images for patient {pid}")
     good = [p for p in files if _warn_if_bad(p)]
@@ -217,16 +247,39 @@ def _warn_if_bad(path: Path) -> bool:
 
 
 def jpeg_problem(path: Path) -> str | None:
-    """Cheap structural check of a JPEG: None if fine, else what is wrong."""
-    size = path.stat().st_size
+    """Cheap structural check of a JPEG: None if fine, else what is wrong (a folder, pipe, broken link or link
+    loop named like an image is a problem too, never an exception or a read that blocks)."""
+    try:
+        info = path.stat()
+    except OSError as exc:  # a broken link, a symlink loop, no permission on the folder
+        return f"unreadable ({os_problem(exc)})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a folder, pipe or device named like an image)"
+    size = info.st_size
     if size == 0:
         return "zero-byte file"
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-        fh.seek(max(0, size - 64))
-        tail = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+    except OSError as exc:
+        return f"unreadable ({os_problem(exc)})"
     if head != b"\xff\xd8":
         return "not a JPEG (no start-of-image marker)"
     if b"\xff\xd9" not in tail:
         return "truncated JPEG (no end-of-image marker)"
     return None
+
+
+def check_test_inputs(dataset: Dataset, recorded: dict | None, where: str | Path) -> None:
+    """Refuse (one line naming a patient) a data directory whose test inputs differ from those ``where`` scored."""
+    fix = f"score {dataset.root} with predict.py --ensemble <ensemble run>, or re-run the stages on it"
+    if not recorded:
+        raise DataError(f"{where}: records no test inputs (made by an older version), so its predictions cannot "
+                        f"be checked against {dataset.root}; {fix}")
+    now = dataset.test_inputs()
+    changed = sorted(pid for pid in set(now) | set(recorded) if now.get(pid) != recorded.get(pid))
+    if changed:
+        raise DataError(f"{dataset.root}: test patient {changed[0]}'s inputs (clinical values or images) differ from "
+                        f"those {where} scored ({len(changed)} patient(s) differ); {fix}")

@@ -20,7 +20,7 @@ from lib.core.progress import tqdm
 
 from lib.data.dataset import Dataset
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, make_dirs, os_problem
+from lib.core.io import atomic_write_csv, build_lock, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
 
 log = logging.getLogger(__name__)
@@ -123,16 +123,22 @@ def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
     """Open the dataset's decoded cache, building it first if absent (the index is written last)."""
     array_path, index_path = cache_paths(dataset, crop, cache_dir)
     index = image_index(dataset)
-    fresh = index_path.exists() and array_path.exists() and _read_index(index_path, index)
-    if not fresh:
-        if index_path.exists():
-            log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or touched), "
-                        "rebuilding the decoded cache", index_path, dataset.root)
-            index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
-        _build(index, crop, array_path, workers, progress)
-        atomic_write_csv(index, index_path)
+    if not _fresh(array_path, index_path, index):
+        with build_lock(array_path):  # a second process on this cold cache waits, then reuses the first's
+            if not _fresh(array_path, index_path, index):
+                if index_path.exists():
+                    log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or "
+                                "touched), rebuilding the decoded cache", index_path, dataset.root)
+                    index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
+                _build(index, crop, array_path, workers, progress)
+                atomic_write_csv(index, index_path)
     array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
     return ImageCache(array=array, index=index)
+
+
+def _fresh(array_path: Path, index_path: Path, index: pd.DataFrame) -> bool:
+    """Whether the cache holds exactly these cells (array and index both there, the index matching)."""
+    return index_path.exists() and array_path.exists() and _read_index(index_path, index)
 
 
 def _read_index(index_path: Path, index: pd.DataFrame) -> bool:
@@ -151,7 +157,7 @@ def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progr
     SIGBUS while writing the memmap; the temporary file is removed on any failure.
     """
     make_dirs(array_path.parent)
-    tmp = array_path.with_suffix(".u8.tmp")
+    tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")  # never another process's file
     nbytes = len(index) * crop * crop * 3
     try:
         _preallocate(tmp, nbytes)
@@ -174,7 +180,7 @@ def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progr
         tmp.replace(array_path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"{tmp}: cannot write the decoded-image cache ({os_problem(exc)})") from None
+        raise DataError(f"{array_path}: cannot write the decoded-image cache ({os_problem(exc)})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -126,6 +126,11 @@ def _check_dataset(path: Path, config: dict, ref_path: Path, ref_config: dict) -
     if config["dataset_name"] != ref_config["dataset_name"]:
         raise DataError(f"{path}: trained on dataset {config['dataset_name']}, but {ref_path} on "
                         f"{ref_config['dataset_name']}")
+    mine, ref = config.get("test_inputs") or {}, ref_config.get("test_inputs") or {}
+    changed = sorted(pid for pid in set(mine) | set(ref) if mine.get(pid) != ref.get(pid))
+    if changed:
+        raise DataError(f"{path}: scored other inputs of test patient {changed[0]} than {ref_path} (the data "
+                        f"directory changed between the stages); re-run the stages on one version of the data")
 
 
 def read_best_params(ensemble_dir: str | Path) -> dict:

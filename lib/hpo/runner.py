@@ -35,7 +35,7 @@ from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from lib.core.metrics import fold_metrics
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import NOT_COMPARED_ON_RESUME, attach_log_file, create_run
-from lib.core.storage import HEARTBEAT_INTERVAL_S
+from lib.core.storage import HEARTBEAT_INTERVAL_S, check_storage
 from lib.core.study import (
     SurplusTrial,
     count_done,
@@ -104,6 +104,7 @@ def _check_study_args(args: argparse.Namespace) -> None:
         raise DataError(f"--study {args.study!r}: use letters, digits, '.', '_' or '-' (it names runs/<study>/)")
     if args.trials < 1 or (args.heartbeat is not None and args.heartbeat < 1):
         raise DataError(f"--trials {args.trials} and --heartbeat {args.heartbeat} must be >= 1")
+    check_storage(args.storage)
     if getattr(args, "folds", None):
         raise DataError("--folds cannot be used with --study: a trial's score is the CV over every committed fold")
     if args.experiment or args.resume:

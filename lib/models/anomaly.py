@@ -8,20 +8,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.mixture import GaussianMixture
 
 from lib.core.errors import DataError
+from lib.models.pca import WhitenedPCA
 
 
 @dataclass
 class AnomalyModel:
-    """PCA (whitened) + GaussianMixture fitted on reactive training cells, with score standardisation."""
+    """Whitened PCA + a full-covariance GaussianMixture (its means and precision Cholesky factors) fitted on
+    reactive training cells, with score standardisation; plain arrays (``state``/``from_state``)."""
 
-    pca: PCA
-    gmm: GaussianMixture
+    pca: WhitenedPCA
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
     score_mean: float
     score_std: float
+
+    def state(self) -> dict:
+        """Plain arrays and numbers, for a head.pt."""
+        return {"pca": self.pca.state(), "means": self.means, "precisions_cholesky": self.precisions_cholesky,
+                "score_mean": self.score_mean, "score_std": self.score_std}
+
+    @classmethod
+    def from_state(cls, state: dict) -> AnomalyModel:
+        """Rebuild from ``state()``."""
+        return cls(WhitenedPCA.from_state(state["pca"]), np.asarray(state["means"]),
+                   np.asarray(state["precisions_cholesky"]), float(state["score_mean"]), float(state["score_std"]))
 
 
 def _check_features(features: np.ndarray, what: str) -> np.ndarray:
@@ -32,12 +44,9 @@ def _check_features(features: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def _min_mahalanobis(gmm: GaussianMixture, z: np.ndarray) -> np.ndarray:
+def _min_mahalanobis(means: np.ndarray, precisions_cholesky: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Smallest Mahalanobis distance of each row of z to the mixture components (full covariances)."""
-    dists = [
-        np.linalg.norm((z - mu) @ chol, axis=1)
-        for mu, chol in zip(gmm.means_, gmm.precisions_cholesky_)
-    ]
+    dists = [np.linalg.norm((z - mu) @ chol, axis=1) for mu, chol in zip(means, precisions_cholesky)]
     return np.min(np.stack(dists, axis=1), axis=1)
 
 
@@ -52,20 +61,21 @@ def fit_anomaly_model(
     x = _check_features(features_of_reactive_train_cells, "anomaly model fit")
     if x.shape[0] < max(2, n_components + 1):
         raise DataError(f"anomaly model fit: {x.shape[0]} cells is too few for {n_components} mixture components")
-    pca = PCA(n_components=min(pca_dim, x.shape[0] - 1, x.shape[1]), whiten=True, random_state=seed).fit(x)
+    from sklearn.mixture import GaussianMixture
+    pca = WhitenedPCA.fit(x, min(pca_dim, x.shape[0] - 1, x.shape[1]), seed)
     z = pca.transform(x)
     gmm = GaussianMixture(n_components, covariance_type="full", reg_covar=reg_covar, random_state=seed).fit(z)
-    d = _min_mahalanobis(gmm, z)
-    return AnomalyModel(pca, gmm, float(d.mean()), float(max(d.std(), 1e-6)))
+    d = _min_mahalanobis(gmm.means_, gmm.precisions_cholesky_, z)
+    return AnomalyModel(pca, gmm.means_, gmm.precisions_cholesky_, float(d.mean()), float(max(d.std(), 1e-6)))
 
 
 def anomaly_scores(model: AnomalyModel, features: np.ndarray, standardize: bool = True) -> np.ndarray:
     """Per-cell min Mahalanobis distance to the mixture (float32, (n,)); standardised by the fit cells' mean/std."""
     x = _check_features(features, "anomaly scores")
-    if x.shape[1] != model.pca.n_features_in_:
-        fitted = model.pca.n_features_in_
+    if x.shape[1] != model.pca.n_features_in:
+        fitted = model.pca.n_features_in
         raise ValueError(f"anomaly scores: features have dim {x.shape[1]}, model was fitted on {fitted}")
-    d = _min_mahalanobis(model.gmm, model.pca.transform(x))
+    d = _min_mahalanobis(model.means, model.precisions_cholesky, model.pca.transform(x))
     if standardize:
         d = (d - model.score_mean) / model.score_std
     return d.astype(np.float32)

@@ -70,3 +70,28 @@ def positive_proba(model: Pipeline, X: pd.DataFrame) -> pd.Series:
     """P(tumoral) per patient."""
     column = list(model.classes_).index(1)
     return pd.Series(model.predict_proba(X)[:, column], index=X.index)
+
+
+def model_params(model: Pipeline, feature_names: list[str]) -> dict:
+    """Everything scoring needs, as plain numbers: feature names, the imputer's medians, the scaler's mean and
+    scale, the logistic coefficients and intercept (what a fold's ``model_<k>.json`` holds: data, not code)."""
+    logreg, scale = model.named_steps["logreg"], model.named_steps["scale"]
+    if list(logreg.classes_) != [0, 1]:
+        raise ValueError(f"clinical model: classes {list(logreg.classes_)}, expected [0, 1]")
+    return {"features": list(feature_names), "impute": model.named_steps["impute"].statistics_.tolist(),
+            "mean": scale.mean_.tolist(), "scale": scale.scale_.tolist(), "coef": logreg.coef_[0].tolist(),
+            "intercept": float(logreg.intercept_[0])}
+
+
+def params_proba(params: dict, X: pd.DataFrame) -> pd.Series:
+    """P(tumoral) per patient from ``model_params`` (the same operations as the fitted Pipeline)."""
+    missing = [f for f in params["features"] if f not in X.columns]
+    if missing:
+        raise DataError(f"clinical model: features {', '.join(missing)} are not in the feature table")
+    x = X[params["features"]].to_numpy(dtype=np.float64, copy=True)
+    holes = np.isnan(x)
+    x[holes] = np.take(np.asarray(params["impute"], dtype=np.float64), np.nonzero(holes)[1])
+    x -= np.asarray(params["mean"])
+    x /= np.asarray(params["scale"])
+    logit = x @ np.asarray(params["coef"]) + params["intercept"]
+    return pd.Series(1.0 / (1.0 + np.exp(-logit)), index=X.index)

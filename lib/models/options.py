@@ -15,6 +15,6 @@ def parse_c(text: str | float) -> str | float:
         value = float(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected 'cv' or a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"C must be > 0, got {text!r}")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"C must be a finite number > 0, got {text!r}")
     return value

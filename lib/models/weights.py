@@ -1,13 +1,13 @@
 """Offline ImageNet weights for EfficientNet-Lite0, converted to timm's tf_efficientnet_lite0 keys."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from lib.core.errors import DataError
+from lib.core.io import atomic_torch_save
 
 TIMM_LITE0_NAME = "tf_efficientnet_lite0"
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
@@ -93,17 +93,6 @@ def check_state_dict_matches(model: torch.nn.Module, state_dict: dict[str, torch
         raise DataError(f"{what}: weights do not match the model; " + "; ".join(problems))
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace onto path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def ensure_timm_lite0_weights(cache_dir: str | Path) -> Path:
     """Return cache_dir/<timm-keyed Lite0 .pth>, converting and checking it once if absent."""
     cache_dir = Path(cache_dir)
@@ -117,6 +106,5 @@ def ensure_timm_lite0_weights(cache_dir: str | Path) -> Path:
     model = timm.create_model(TIMM_LITE0_NAME, pretrained=False)
     check_state_dict_matches(model, converted, str(source))
     model.load_state_dict(converted, strict=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save(converted, target)
+    atomic_torch_save(converted, target)  # a full or read-only disk: one line naming the file
     return target

@@ -1,17 +1,16 @@
 """The clinical stage: the clinical estimator cross-validated on the committed folds, with its outputs.
 
 Writes into the run directory: the lib.stages.cv outputs (``folds/``, ``oof.csv``, ``test.csv``,
-``metrics.json``), ``folds/model_<k>.pkl`` (the fitted Pipeline, for predict.py), ``folds/coefficients_<k>.json`` gathered into ``coefficients.csv`` (C, intercept and
+``metrics.json``), ``folds/model_<k>.json`` (the fitted model as plain numbers, for predict.py), ``folds/coefficients_<k>.json`` gathered into ``coefficients.csv`` (C, intercept and
 the standardised-feature coefficients of every fold), ``roc.png``, and for feature sets built on
 morphometry the segmentation and by-class PNGs.
 """
 import logging
-import pickle
 from pathlib import Path
 
 import pandas as pd
 
-from lib.core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from lib.core.io import atomic_write_csv, atomic_write_json
 from lib.core.metrics import fold_metrics
 from lib.core.plots import plot_roc
 from lib.features.tables import feature_table, uses_morphometry
@@ -31,15 +30,17 @@ def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, s
         model = estimator.make_model(n_inner_used, seed, C, penalty).fit(features.loc[train], y)
         coef = {"fold": fold, **estimator.coefficients(model, list(features.columns))}
         atomic_write_json(coef, Path(run_dir) / "folds" / f"coefficients_{fold}.json")
-        atomic_write_bytes(pickle.dumps(model, protocol=5), model_path(run_dir, fold))
+        params = estimator.model_params(model, list(features.columns))
+        atomic_write_json(params, model_path(run_dir, fold))
         log.info("fold %d: C=%.3g", fold, coef["C"])
-        return estimator.positive_proba(model, features.loc[valid]), estimator.positive_proba(model, features.loc[test])
+        # scored from the saved numbers, as predict.py scores new patients
+        return estimator.params_proba(params, features.loc[valid]), estimator.params_proba(params, features.loc[test])
     return fit_predict
 
 
 def model_path(run_dir: Path, fold: int) -> Path:
-    """The fitted Pipeline of one fold (pickle), what predict.py scores new patients with."""
-    return Path(run_dir) / "folds" / f"model_{fold}.pkl"
+    """The fitted model of one fold as plain numbers (JSON), what predict.py scores new patients with."""
+    return Path(run_dir) / "folds" / f"model_{fold}.json"
 
 
 def write_coefficients(run_dir: Path) -> pd.DataFrame:

@@ -40,6 +40,7 @@ def load_stage_data(args: argparse.Namespace) -> Dataset:
     args.data_dir = resolve_data_dir(args.data_dir)
     dataset = load_dataset(args.data_dir)
     args.dataset_name = dataset.name
+    args.test_inputs = dataset.test_inputs()  # what make_submission.py and report.py check the data against
     return dataset
 
 

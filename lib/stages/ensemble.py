@@ -33,7 +33,7 @@ def write_outputs(runs: RunSet, run_dir: Path, best: FusionParams, fused: pd.Ser
     """best_params.json, metrics.json, the fused oof.csv and the ROC of every model and the blend."""
     run_dir = Path(run_dir)
     atomic_write_json({**vars(best), "runs": runs.signatures(), "n_folds": runs.n_folds,
-                       "dataset_name": runs.configs[0]["dataset_name"],
+                       "dataset_name": runs.configs[0]["dataset_name"], "test_inputs": runs.configs[0].get("test_inputs"),
                        "data_dir": runs.configs[0].get("data_dir"), "storage": storage}, run_dir / "best_params.json")
     atomic_write_json(metrics, run_dir / "metrics.json")
     oof = pd.DataFrame({"ID": runs.oof.index, "fold": runs.fold.to_numpy(), "target": runs.target.to_numpy(),

@@ -8,22 +8,36 @@ YAML keys of a ``-c`` preset are the option names with '_' for '-'.
 from __future__ import annotations
 
 import argparse
+import math
 
 import yaml
 
-from lib.cnn.settings import MAX_TTA, SCOPES, STRENGTHS, clinical_fusion_arg
-from lib.core.errors import DataError
+from lib.cnn.settings import COLOURS, MAX_TTA, SCOPES, STRENGTHS, clinical_fusion_arg
+from lib.core.errors import raise_first
 from lib.features.tables import FEATURE_SETS
 from lib.models.options import HEAD_NAMES, PENALTIES, parse_c
 
 REGIMES = ("embed", "finetune")
 
 
-def raise_first(problems: list[tuple[bool, str]]) -> None:
-    """DataError with the message of the first (condition, message) pair whose condition holds."""
-    for bad, message in problems:
-        if bad:
-            raise DataError(message)
+def positive(value: float) -> bool:
+    """A finite number > 0 (NaN and inf are not)."""
+    return math.isfinite(value) and value > 0
+
+
+def non_negative(value: float) -> bool:
+    """A finite number >= 0."""
+    return math.isfinite(value) and value >= 0
+
+
+def common_problems(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """The run and fold options every stage shares (seeds are numpy seeds: >= 0)."""
+    problems = [(args.seed < 0, f"--seed {args.seed} must be >= 0")]
+    if getattr(args, "n_folds", None) is not None:
+        problems.append((args.n_folds < 2, f"--n-folds {args.n_folds} must be >= 2"))
+    if getattr(args, "fold_seed", None) is not None:
+        problems.append((args.fold_seed < 0, f"--fold-seed {args.fold_seed} must be >= 0"))
+    return problems
 
 
 def mapping_arg(text: str) -> dict:
@@ -45,9 +59,12 @@ def input_size_arg(text: str) -> str | int:
     if text in ("crop", "model"):
         return text
     try:
-        return int(text)
+        side = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected crop, model or an integer, got {text!r}") from None
+    if side < 8:
+        raise argparse.ArgumentTypeError(f"an input side in pixels must be >= 8, got {text!r}")
+    return side
 
 
 def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -99,7 +116,11 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def check_cnn_ranges(args: argparse.Namespace) -> None:
     """train_cnn.py's numeric options within their ranges (DataError on the first problem)."""
-    problems = [(args.crop < 8, f"--crop {args.crop} must be >= 8"),
+    problems = [*common_problems(args), (args.crop < 8, f"--crop {args.crop} must be >= 8"),
+                (not positive(args.lr), f"--lr {args.lr} must be a finite number > 0"),
+                (not non_negative(args.backbone_lr), f"--backbone-lr {args.backbone_lr} must be a finite number >= 0"),
+                (not non_negative(args.weight_decay), f"--weight-decay {args.weight_decay} must be a finite number >= 0"),
+                (args.workers < 0, f"--workers {args.workers} must be >= 0"),
                 (not 0 <= args.tta <= MAX_TTA, f"--tta {args.tta} must be in 0..{MAX_TTA}"),
                 (args.views < 0, f"--views {args.views} must be >= 0"),
                 (args.bag_size < 0, f"--bag-size {args.bag_size} must be >= 0 (0 = all cells)"),
@@ -125,6 +146,8 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a("--scope", choices=SCOPES, default="all",
       help="all: every cell of train and test patients (transductive, no labels); train: training patients only")
     a("--epochs", type=int, default=30)
+    a("--colour", choices=COLOURS, default=None,
+      help="colour augmentation of the views: jitter (SimCLR's, the default) or stain (stain-matrix augmentation)")
     a("--batch-size", type=int, default=256, help="cells per step (2 views each)")
     a("--lr", type=float, default=2e-3)
     a("--weight-decay", type=float, default=1e-4)
@@ -141,10 +164,12 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def check_pretrain_ranges(args: argparse.Namespace) -> None:
     """pretrain_cnn.py's numeric options within their ranges (DataError on the first problem)."""
-    raise_first([(args.crop < 8, f"--crop {args.crop} must be >= 8"), (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
+    raise_first([*common_problems(args), (args.crop < 8, f"--crop {args.crop} must be >= 8"),
+                 (args.epochs < 1, f"--epochs {args.epochs} must be >= 1"),
                  (args.batch_size < 2, f"--batch-size {args.batch_size} must be >= 2"),
-                 (not args.temperature > 0, f"--temperature {args.temperature} must be > 0"),
-                 (not args.lr > 0, f"--lr {args.lr} must be > 0"),
+                 (not positive(args.temperature), f"--temperature {args.temperature} must be a finite number > 0"),
+                 (not positive(args.lr), f"--lr {args.lr} must be a finite number > 0"),
+                 (not non_negative(args.weight_decay), f"--weight-decay {args.weight_decay} must be a finite number >= 0"),
                  (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1")])
 
 
@@ -162,7 +187,4 @@ def add_clinical_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def check_clinical_options(args) -> None:
     """Options of the clinical stage within their ranges (before any run directory is created)."""
-    if args.inner_folds < 2:
-        raise DataError(f"--inner-folds {args.inner_folds} must be >= 2")
-    if args.n_folds < 2:
-        raise DataError(f"--n-folds {args.n_folds} must be >= 2")
+    raise_first([*common_problems(args), (args.inner_folds < 2, f"--inner-folds {args.inner_folds} must be >= 2")])

@@ -2,7 +2,7 @@
 
 Every run of the ensemble is re-applied fold by fold, exactly as it scored its own test patients, and
 the folds are averaged as in its ``test.csv``:
-- clinical runs (train_clinical.py): each fold's fitted Pipeline (``folds/model_<k>.pkl``) on the run's
+- clinical runs (train_clinical.py): each fold's fitted model as plain numbers (``folds/model_<k>.json``) on the run's
   feature set computed for the new patients (morphometry measured on their cells);
 - CNN runs of the embed regime (train_cnn.py): the run's frozen backbone embeds the new cells under the
   run's evaluation views (same weights, crop, input size, precision and transform code, or a one-line
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from lib.cnn import embed_mil, finetune
 from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.settings import finetune_settings, head_settings
 from lib.core.errors import DataError
+from lib.core.io import read_checkpoint, read_json
 from lib.core.runs import fold_test_table
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache
@@ -60,14 +59,13 @@ def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
     features = feature_table(dataset, config["feature_set"], cache_dir).loc[pids]
     per_fold = {}
     for k in range(n_folds_of(run_dir)):
-        per_fold[k] = estimator.positive_proba(pickle.loads(model_path(run_dir, k).read_bytes()), features)
+        per_fold[k] = estimator.params_proba(read_json(model_path(run_dir, k)), features)
     return fold_table(per_fold)
 
 
 def _load_heads(run_dir: Path) -> list[dict]:
     """Every fold's head.pt of an embed-regime run."""
-    return [torch.load(fold_dir(run_dir, k) / FOLD_MODEL["embed"], map_location="cpu", weights_only=False)
-            for k in range(n_folds_of(run_dir))]
+    return [read_checkpoint(fold_dir(run_dir, k) / FOLD_MODEL["embed"]) for k in range(n_folds_of(run_dir))]
 
 
 def _check_same(run_dir: Path, what: str, saved, now, fix: str) -> None:
@@ -114,7 +112,7 @@ def predict_finetune(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
     cache = load_image_cache(dataset, config["crop"], cache_dir, progress=progress)
     per_fold, cells = {}, []
     for k in range(n_folds_of(run_dir)):
-        state = torch.load(fold_dir(run_dir, k) / FOLD_MODEL["finetune"], map_location=device, weights_only=False)
+        state = read_checkpoint(fold_dir(run_dir, k) / FOLD_MODEL["finetune"], map_location=device)
         backbone = build_backbone(config["backbone"], None, config["seed"])  # every weight comes from model.pt
         data_config = embed_data_config(backbone, config["crop"], config["input_size"])
         per_fold[k], fold_cells = finetune.predict_fold(state, backbone, cache, data_config, dataset, settings, device,
@@ -144,6 +142,9 @@ def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None
         models = [model_path(path, k) if kind == "clinical" else fold_dir(path, k) / FOLD_MODEL[kind]
                   for k in range(n_folds)]
         missing = [m for m in models if not m.exists()]
+        if missing and missing[0].with_suffix(".pkl").exists():
+            raise DataError(f"{missing[0].with_suffix('.pkl')}: a pickled fold model, which predict.py does not load "
+                            f"(unpickling can run code); re-run train_clinical.py to save it as {missing[0].name}")
         if missing:
             raise DataError(f"{missing[0]}: fold model not found (re-run the stage that made {path})")
         if kind != "clinical":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.core.io import atomic_write_csv
+from lib.core.io import atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.data.dataset import Dataset
 from lib.data.images import CELL_KEY, cell_keys, read_image, same_cells
@@ -37,7 +37,21 @@ def cell_measurements(dataset: Dataset, cache_dir: Path = CACHE_DIR, progress: b
     path = Path(cache_dir) / "morpho" / f"{dataset.name}_{_code_key()}.csv"
     paths = [(pid, p) for pid in dataset.patients.index for p in dataset.images[pid]]
     now = cell_keys(pd.DataFrame({"ID": [pid for pid, _ in paths], "path": [str(p) for _, p in paths]}))
-    saved = pd.read_csv(path, dtype={"ID": str, "file": str}) if path.exists() else None
+    saved = _read_saved(path)
+    if saved is not None and same_cells(saved, now.assign(path=[str(p) for _, p in paths])):
+        return saved
+    with build_lock(path):  # a second process on this cold cache waits, then reuses the first's measurements
+        return _measure(dataset, path, paths, now, progress)
+
+
+def _read_saved(path: Path) -> pd.DataFrame | None:
+    """The cached measurements, if any."""
+    return pd.read_csv(path, dtype={"ID": str, "file": str}) if path.exists() else None
+
+
+def _measure(dataset: Dataset, path: Path, paths: list, now: pd.DataFrame, progress: bool) -> pd.DataFrame:
+    """Under the build lock: reuse what is cached (another process may have just written it), measure the rest."""
+    saved = _read_saved(path)
     if saved is not None and same_cells(saved, now.assign(path=[str(p) for _, p in paths])):
         return saved
     reuse = pd.DataFrame()

@@ -8,7 +8,7 @@ import pandas as pd
 
 from lib.core.errors import DataError
 from lib.core.paths import REPO_DIR
-from lib.data.dataset import Dataset, load_dataset
+from lib.data.dataset import Dataset, check_test_inputs, load_dataset
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import RunSet, load_ensemble_runs
 
@@ -75,6 +75,7 @@ def load_data(data_dir: Path | None, saved: dict) -> Dataset | None:
         raise DataError(f"{data_dir}: the ensemble's best_params.json records no dataset_name; re-run ensemble.py")
     if dataset.name != expected:
         raise DataError(f"{data_dir}: dataset {dataset.name}, but the ensemble's runs used {expected}")
+    check_test_inputs(dataset, saved.get("test_inputs"), "the ensemble's best_params.json")
     return dataset
 
 

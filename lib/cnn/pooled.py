@@ -1,0 +1,102 @@
+"""Patient features from a frozen cell encoder: every cell embedded once (the embedding cache, view v0), then
+pooled into one row per patient, and the fold-fitted models that read those rows.
+
+Poolings (per patient, over its cells): ``mean`` (the embedding mean), ``quantiles`` (per-dimension 10/50/90th
+percentiles beside the mean), and ``clusters`` (the proportions of the patient's cells in each of k clusters of
+the training patients' cells: what a haematologist counts). The models are class-balanced logistic
+regressions with C chosen by inner CV (lib.models.clinical's estimator): image rows standardised and
+reduced to a few principal components inside each training fold, optionally beside the three clinical
+values. Everything fitted from data (scalers, PCA, k-means, the regression) sees the training fold only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lib.cnn.device import autocast_dtype
+from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
+from lib.data.dataset import Dataset
+from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
+
+POOLINGS = ("mean", "quantiles", "clusters")
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class CellEmbeddings:
+    """v0 embeddings of every cell (rows of ``array``) with the patient ID of each row."""
+
+    ids: np.ndarray
+    array: np.ndarray
+
+    def of(self, pids) -> dict[str, np.ndarray]:
+        """Each patient's (n_cells, dim) block."""
+        wanted = set(pids)
+        return {pid: self.array[self.ids == pid] for pid in pd.unique(self.ids) if pid in wanted}
+
+
+def encoder_embeddings(dataset: Dataset, backbone: str, weights: str, crop: int, input_size: str | int,
+                       cache_dir: Path, progress: bool = True) -> CellEmbeddings:
+    """Embed (or read from the cache) every cell of the dataset under the identity view."""
+    model = build_backbone(backbone, resolve_weights(weights, cache_dir), seed=0)
+    data_config = embed_data_config(model, crop, input_size)
+    device = torch.device("cpu")
+    dtype = autocast_dtype("auto", device, training=False)
+    spec = EmbedSpec(dataset.name, backbone, weights_tag(model), crop, data_config["input_size"][-1], "light", 0, 0,
+                     precision_name(dtype), code_tag())
+    emb = compute_embeddings(dataset, spec, EmbedJob(model, data_config, device, dtype, 128, progress), cache_dir,
+                             views=["v0"])
+    return CellEmbeddings(emb.index["ID"].astype(str).to_numpy(), emb.arrays["v0"].astype(np.float32))
+
+
+def pooled_rows(cells: CellEmbeddings, pooling: str) -> pd.DataFrame:
+    """One row per patient: the mean embedding, or mean + per-dimension quantiles (``pooling`` mean/quantiles)."""
+    rows = {}
+    for pid, block in cells.of(pd.unique(cells.ids)).items():
+        parts = [block.mean(axis=0)]
+        if pooling == "quantiles":
+            parts += list(np.quantile(block, QUANTILES, axis=0))
+        rows[pid] = np.concatenate(parts)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = [f"e{i}" for i in range(table.shape[1])]
+    return table
+
+
+def cluster_proportions(cells: CellEmbeddings, train_ids, k: int, seed: int, pca_dim: int = 32) -> pd.DataFrame:
+    """Per patient, the share of its cells in each of k k-means clusters fitted on the training patients' cells
+    (standardised, whitened PCA to ``pca_dim``; fitted on training cells only)."""
+    from sklearn.cluster import KMeans
+
+    from lib.models.pca import WhitenedPCA
+    blocks = cells.of(pd.unique(cells.ids))
+    train = np.concatenate([blocks[p] for p in train_ids if p in blocks])
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    pca = WhitenedPCA.fit((train - mean) / std, min(pca_dim, train.shape[1]), seed)
+    kmeans = KMeans(k, n_init=4, random_state=seed).fit(pca.transform((train - mean) / std))
+    rows = {pid: np.bincount(kmeans.predict(pca.transform((b - mean) / std)), minlength=k) / len(b)
+            for pid, b in blocks.items()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"cluster{c}" for c in range(k)])
+
+
+def make_pooled_model(n_image: int, n_clinical: int, pca_dim: int, n_inner: int, seed: int):
+    """Unfitted model on [image columns | clinical columns]: the image block standardised and reduced to
+    ``pca_dim`` components (0: kept whole), the clinical block imputed and standardised, then lib.models.clinical's
+    class-balanced logistic regression with C by inner CV."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.decomposition import PCA
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from lib.models.clinical import make_model
+    image = [("scale", StandardScaler())] + ([("pca", PCA(pca_dim, random_state=seed))] if pca_dim else [])
+    blocks = [("image", Pipeline(image), list(range(n_image)))]
+    if n_clinical:
+        blocks.append(("clinical", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                       list(range(n_image, n_image + n_clinical))))
+    logreg = make_model(n_inner, seed).named_steps["logreg"]
+    return Pipeline([("columns", ColumnTransformer(blocks)), ("post", StandardScaler()), ("logreg", logreg)])
