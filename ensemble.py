@@ -14,7 +14,10 @@ from lib.core.errors import DataError
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
 from lib.core.storage import check_storage
+from lib.fusion.fuse import THRESHOLD_POLICIES
 from lib.fusion.runs import load_runs
+
+DEFAULT_THRESHOLD_POLICY = "0.5"  # measured: BENCHMARKS.md "Whole pipeline" blocks of 2026-12-02
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nested-trials", type=int, default=None,
                         help="trials of each per-fold study of the honest estimate (default: --trials)")
     parser.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<run dir>/study.db)")
+    parser.add_argument("--threshold", choices=THRESHOLD_POLICIES, default=DEFAULT_THRESHOLD_POLICY,
+                        help="submitted decision threshold: the study's (tuned), a fixed 0.5, or the OOF prevalence "
+                             f"quantile (default {DEFAULT_THRESHOLD_POLICY}; the honest estimate of each is printed)")
     parser.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     parser.add_argument("--resume", action="store_true", help="continue (top up) an existing ensemble run")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lib.stages.ensemble import run_ensemble  # Optuna: after the checks
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
     result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
-                      args.experiment)
+                          args.experiment, args.threshold)
     report(result, run_dir)
     return result
 
@@ -60,7 +66,10 @@ def report(result: dict, run_dir: Path) -> None:
     print(f"best fusion: {params.method}, threshold {params.threshold:.3f}, weights {weights}")
     print(f"OOF BA in-sample (tuned on all folds): {m['in_sample']['pooled_ba']:.3f} "
           f"(per fold {m['in_sample']['ba_mean']:.3f}±{m['in_sample']['ba_std']:.3f})")
-    print(f"OOF BA honest (tuned on k-1 folds, scored on the k-th): {m['nested']['ba_mean']:.3f}±{m['nested']['ba_std']:.3f}")
+    print(f"OOF BA honest (tuned on k-1 folds, scored on the k-th; threshold {m['nested']['threshold_policy']}): "
+          f"{m['nested']['ba_mean']:.3f}±{m['nested']['ba_std']:.3f}, AUC {m['nested']['auc']:.3f}")
+    policies = m["nested"]["threshold_policies"]
+    print("  honest BA by threshold: " + ", ".join(f"{p} {v['ba_mean']:.3f}±{v['ba_std']:.3f}" for p, v in policies.items()))
     for name, b in m["models"].items():
         tag = " [clinical]" if name in m["clinical_runs"] else ""
         print(f"  {name}{tag}: BA@0.5 {b['ba_at_0.5_mean']:.3f}±{b['ba_at_0.5_std']:.3f}, "

@@ -47,7 +47,11 @@ def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
         scores[name] = (m["ba_mean"], m["auc_mean"])
     blend = json.loads((run_root / "ensemble" / "metrics.json").read_text())
     scores["blend (in-sample tuned)"] = (blend["in_sample"]["ba_mean"], blend["in_sample"]["auc"])
-    scores["blend (nested, honest)"] = (blend["nested"]["ba_mean"], np.nan)
+    nested = blend["nested"]
+    scores["blend (nested, honest)"] = (nested["ba_mean"], nested.get("auc", np.nan))
+    for policy, value in nested.get("threshold_policies", {}).items():  # the threshold validated like a model
+        if policy != "tuned":
+            scores[f"blend (nested, threshold {policy})"] = (value["ba_mean"], nested.get("auc", np.nan))
     return scores
 
 

@@ -168,3 +168,18 @@ def test_end_to_end_train_ensemble_submission(trained, cohort, tmp_path, capsys)
     assert (tmp_path / "sub_proba.csv").exists()
     printed = capsys.readouterr().out
     assert "OOF BA honest" in printed and "[demo data only] test BA" in printed
+
+
+@pytest.mark.parametrize("C, penalty", [(None, None), (0.5, "l1")])
+def test_the_saved_numbers_score_like_the_fitted_pipeline(C, penalty):
+    estimator = clinical_model
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(40, 3)), columns=["age", "log_lymph", "gender_m"])
+    y = pd.Series((X["age"] + rng.normal(size=40) > 0).astype(int))
+    X.iloc[3, 1] = np.nan  # imputed with the training median
+    model = estimator.make_model(estimator.inner_splits(y, 3), 0, C, penalty).fit(X, y)
+    params = estimator.model_params(model, list(X.columns))
+    new = X.sample(frac=1.0, random_state=1)[["gender_m", "age", "log_lymph"]]  # other column order
+    new.iloc[0, 0] = np.nan
+    expected = estimator.positive_proba(model, new[list(X.columns)])
+    assert np.abs(estimator.params_proba(params, new) - expected).max() < 1e-12

@@ -156,6 +156,18 @@ def test_nested_estimate_never_tunes_on_the_fold_it_scores(two_runs, tmp_path, m
         assert result["per_fold_ba"][k] == pytest.approx(expected)
     assert result["ba_mean"] == pytest.approx(np.mean(list(result["per_fold_ba"].values())))
     assert result["ba_mean"] > 0.6  # both runs are informative (about 0.8 BA alone): far above chance
+    policies = result["threshold_policies"]
+    assert set(policies) == {"tuned", "0.5", "prevalence"} and policies["tuned"]["per_fold_ba"] == result["per_fold_ba"]
+    assert all(0.0 <= v["ba_mean"] <= 1.0 for v in policies.values()) and 0.6 < result["auc"] <= 1.0
+
+
+def test_threshold_policies_use_the_tuning_patients_only():
+    scores = pd.Series(np.linspace(0.0, 0.9, 10), index=[f"P{i}" for i in range(10)])
+    target = pd.Series([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], index=scores.index)  # 70 % tumoral
+    assert tuning.policy_threshold("tuned", 0.37, scores, target) == 0.37
+    assert tuning.policy_threshold("0.5", 0.37, scores, target) == 0.5
+    prevalence = tuning.policy_threshold("prevalence", 0.37, scores, target)
+    assert (scores >= prevalence).mean() == pytest.approx(0.7)  # calls the tuning patients' share tumoral
 
 
 def test_model_baseline_threshold_is_tuned_on_other_folds_only():
@@ -220,3 +232,13 @@ def test_a_run_that_records_no_dataset_is_refused(tmp_path):
     b = write_run(tmp_path / "b", 1, config={"stage": "cnn"})
     with pytest.raises(DataError, match="records no dataset_name"):
         load_runs([a, b])
+
+
+def test_a_fixed_threshold_policy_is_submitted_and_estimated_the_same_way(two_runs, tmp_path):
+    argv = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--trials", "6", "--nested-trials", "3"]
+    ensemble.main([*argv, "--experiment", "fixed", "--threshold", "0.5"])
+    saved = json.loads((tmp_path / "fixed" / "best_params.json").read_text())
+    metrics = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
+    assert saved["threshold"] == 0.5 and metrics["nested"]["threshold_policy"] == "0.5"
+    assert metrics["nested"]["per_fold_ba"] == metrics["nested"]["threshold_policies"]["0.5"]["per_fold_ba"]
+    assert all(p["threshold"] == 0.5 for p in metrics["nested"]["params_per_fold"].values())

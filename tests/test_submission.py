@@ -186,3 +186,12 @@ def test_a_run_that_records_no_test_inputs_is_refused(data_dir, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "test_inputs"}))
     with pytest.raises(DataError, match="records no test inputs"):
         make_submission.main(["--runs", str(run), "--out", str(tmp_path / "sub.csv")])
+
+
+def test_runs_that_scored_other_test_inputs_are_not_blended(data_dir, tmp_path):
+    runs = [write_run(tmp_path / "a", data_dir, 0), write_run(tmp_path / "b", data_dir, 1)]
+    config = yaml.safe_load((runs[1] / "config.yaml").read_text())
+    config["test_inputs"]["P8"] = "0" * 12  # run b was made after P8's inputs changed
+    (runs[1] / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(DataError, match="b: scored other inputs of test patient P8 than"):
+        load_runs(runs)

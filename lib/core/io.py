@@ -133,7 +133,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = (str(exc).splitlines() or [""])[0][:160]
-        raise DataError(f"{path}: refused: not a plain-data checkpoint, loading it could run code ({reason})") from None
+        raise DataError(f"{path}: refused: not a plain-data checkpoint, loading it could run code (a crafted file, or "
+                        f"one saved before checkpoints held plain data only: re-run the stage that made it; {reason})"
+                        ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         reason = os_problem(exc) if isinstance(exc, OSError) else (str(exc).splitlines() or [""])[0][:160]
         raise DataError(f"{path}: unreadable checkpoint ({reason})") from None

@@ -278,8 +278,12 @@ def check_test_inputs(dataset: Dataset, recorded: dict | None, where: str | Path
     if not recorded:
         raise DataError(f"{where}: records no test inputs (made by an older version), so its predictions cannot "
                         f"be checked against {dataset.root}; {fix}")
-    now = dataset.test_inputs()
-    changed = sorted(pid for pid in set(now) | set(recorded) if now.get(pid) != recorded.get(pid))
+    changed = changed_inputs(dataset.test_inputs(), recorded)
     if changed:
         raise DataError(f"{dataset.root}: test patient {changed[0]}'s inputs (clinical values or images) differ from "
                         f"those {where} scored ({len(changed)} patient(s) differ); {fix}")
+
+
+def changed_inputs(a: dict, b: dict) -> list[str]:
+    """Patients whose test-input fingerprints differ between two records (missing from one counts), sorted."""
+    return sorted(pid for pid in set(a) | set(b) if a.get(pid) != b.get(pid))

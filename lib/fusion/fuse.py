@@ -22,6 +22,9 @@ from lib.core.errors import DataError
 
 METHODS = ("prob_mean", "logit_mean", "rank_mean")
 THRESHOLD_RANGE = (0.05, 0.95)
+# The submitted decision threshold (ensemble.py --threshold): the study's, a fixed 0.5, or the OOF prevalence
+# quantile; the nested estimate scores all three (lib.fusion.tune.policy_threshold)
+THRESHOLD_POLICIES = ("tuned", "0.5", "prevalence")
 EPS = 1e-6
 
 

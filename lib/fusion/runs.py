@@ -15,6 +15,7 @@ import yaml
 
 from lib.core.errors import DataError
 from lib.core.runs import read_predictions
+from lib.data.dataset import changed_inputs
 from lib.fusion.fuse import FusionParams
 
 SIGNATURE_KEYS = ("oof_hash", "test_ids_hash", "proba_hash")
@@ -126,8 +127,7 @@ def _check_dataset(path: Path, config: dict, ref_path: Path, ref_config: dict) -
     if config["dataset_name"] != ref_config["dataset_name"]:
         raise DataError(f"{path}: trained on dataset {config['dataset_name']}, but {ref_path} on "
                         f"{ref_config['dataset_name']}")
-    mine, ref = config.get("test_inputs") or {}, ref_config.get("test_inputs") or {}
-    changed = sorted(pid for pid in set(mine) | set(ref) if mine.get(pid) != ref.get(pid))
+    changed = changed_inputs(config.get("test_inputs") or {}, ref_config.get("test_inputs") or {})
     if changed:
         raise DataError(f"{path}: scored other inputs of test patient {changed[0]} than {ref_path} (the data "
                         f"directory changed between the stages); re-run the stages on one version of the data")

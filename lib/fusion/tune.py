@@ -2,7 +2,8 @@
 
 The study (lib.core.study) maximises the pooled OOF BA, the equal-weight probability mean at 0.5
 enqueued first. The honest estimate repeats the search for each fold k on the OOF of the other folds
-only (in-memory studies) and scores fold k; each model alone is reported at 0.5 and at its own threshold
+only (in-memory studies) and scores fold k, with the searched threshold and, to validate that choice, with
+two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC of the held-out scores; each model alone is reported at 0.5 and at its own threshold
 (tuned in-sample, and tuned on the other folds).
 """
 from pathlib import Path
@@ -14,6 +15,7 @@ from lib.core.metrics import binary_scores
 from lib.core.study import MEMORY, open_study, run_trials, top_trials_summary
 from lib.fusion.fuse import (
     METHODS,
+    THRESHOLD_POLICIES,
     THRESHOLD_RANGE,
     FusionParams,
     balanced_accuracy,
@@ -68,21 +70,51 @@ def tune(probas: pd.DataFrame, target: pd.Series, study, n_trials: int, desc: st
     return params_from_trial(study.best_params, names)
 
 
-def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int) -> dict:
-    """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k; mean±std over folds.
+def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int,
+                    policy: str = "tuned") -> dict:
+    """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k at the ``policy``'s threshold
+    (every policy is reported too); mean±std over folds.
 
     The per-fold studies are seeded and held in memory: a re-run repeats them (fast) instead of storing them.
     """
-    per_fold, params = {}, {}
+    per_fold, params, policies, held_scores = {}, {}, {p: {} for p in THRESHOLD_POLICIES}, []
     for k in sorted(runs.fold.unique()):
         tune_ids, held_ids = runs.fold.index[runs.fold != k], runs.fold.index[runs.fold == k]
         study = open_study(f"{study_name}_nested_fold{k}", MEMORY, run_dir, seed + 1 + int(k))
         best = tune(runs.oof.loc[tune_ids], runs.target, study, n_trials, f"nested fold {k}")
-        per_fold[int(k)] = fused_ba(runs.oof.loc[held_ids], runs.target, best, reference=runs.oof.loc[tune_ids])
-        params[int(k)] = vars(best)
+        reference = runs.oof.loc[tune_ids]
+        held = fuse(runs.oof.loc[held_ids], best, reference=reference)
+        held_scores.append(held)
+        tuned_on = fuse(reference, best, reference=reference)
+        for name in THRESHOLD_POLICIES:
+            threshold = policy_threshold(name, best.threshold, tuned_on, runs.target.loc[tune_ids])
+            policies[name][int(k)] = balanced_accuracy(runs.target.loc[held_ids], held, threshold)
+        chosen = with_threshold(best, policy_threshold(policy, best.threshold, tuned_on, runs.target.loc[tune_ids]))
+        per_fold[int(k)] = fused_ba(runs.oof.loc[held_ids], runs.target, chosen, reference=reference)
+        params[int(k)] = vars(chosen)
     values = np.array(list(per_fold.values()))
+    held_all = pd.concat(held_scores)
     return {"per_fold_ba": per_fold, "ba_mean": float(values.mean()), "ba_std": float(values.std()),
-            "params_per_fold": params, "trials_per_fold": n_trials}
+            "auc": binary_scores(runs.target.loc[held_all.index], held_all)["auc"],
+            "threshold_policies": {p: {"per_fold_ba": v, "ba_mean": float(np.mean(list(v.values()))),
+                                       "ba_std": float(np.std(list(v.values())))} for p, v in policies.items()},
+            "threshold_policy": policy, "params_per_fold": params, "trials_per_fold": n_trials}
+
+
+
+def with_threshold(params: FusionParams, threshold: float) -> FusionParams:
+    """The same fusion with another decision threshold."""
+    return FusionParams(weights=params.weights, method=params.method, threshold=float(threshold))
+
+
+def policy_threshold(policy: str, tuned: float, tuned_on: pd.Series, target: pd.Series) -> float:
+    """The decision threshold of a policy, from the tuning patients only: the searched one (``tuned``), a fixed
+    0.5, or the fused-score quantile that calls the tuning patients' share of tumoral patients (``prevalence``)."""
+    if policy == "tuned":
+        return tuned
+    if policy == "0.5":
+        return 0.5
+    return float(np.quantile(tuned_on.to_numpy(), 1.0 - float(target.loc[tuned_on.index].mean())))
 
 
 def model_baseline(oof: pd.Series, target: pd.Series, fold: pd.Series) -> dict:
@@ -115,14 +147,19 @@ def is_clinical_run(config: dict) -> bool:
 
 
 def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: int, nested_trials: int,
-                      seed: int) -> tuple[FusionParams, pd.Series, dict]:
-    """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics)."""
+                      seed: int, policy: str = "tuned") -> tuple[FusionParams, pd.Series, dict]:
+    """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics).
+
+    ``policy``: the submitted threshold is the study's (``tuned``), 0.5, or the OOF prevalence quantile; the
+    weights and method are the study's in every case, and the nested estimate applies the same policy.
+    """
     best = tune(runs.oof, runs.target, study, n_trials, "fusion study")
     fused = fuse(runs.oof, best, reference=runs.oof)
+    best = with_threshold(best, policy_threshold(policy, best.threshold, fused, runs.target))
     metrics = {"in_sample": {"pooled_ba": fused_ba(runs.oof, runs.target, best, runs.oof),
                              "auc": binary_scores(runs.target, fused)["auc"],
                              **per_fold_ba(fused, runs.target, runs.fold, best.threshold)},
-               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed),
+               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed, policy),
                "equal_weight_prob_mean_0.5": per_fold_ba(fuse(runs.oof, FusionParams({})), runs.target, runs.fold, 0.5),
                "models": {n: model_baseline(runs.oof[n], runs.target, runs.fold) for n in runs.names},
                "clinical_runs": [n for n, c in zip(runs.names, runs.configs) if is_clinical_run(c)],

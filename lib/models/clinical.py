@@ -14,6 +14,7 @@ Coefficients are on the standardised features. The cross-validated stage is lib.
 """
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -94,4 +95,4 @@ def params_proba(params: dict, X: pd.DataFrame) -> pd.Series:
     x -= np.asarray(params["mean"])
     x /= np.asarray(params["scale"])
     logit = x @ np.asarray(params["coef"]) + params["intercept"]
-    return pd.Series(1.0 / (1.0 + np.exp(-logit)), index=X.index)
+    return pd.Series(expit(logit), index=X.index)  # scipy's logistic, as sklearn's predict_proba

@@ -19,10 +19,10 @@ DEFAULT_STORAGE_NOTE = "sqlite:///<run_dir>/study.db"
 
 
 def run_ensemble(runs: RunSet, run_dir: Path, n_trials: int, nested_trials: int, storage: str | None,
-                 seed: int, name: str) -> dict:
+                 seed: int, name: str, policy: str = "tuned") -> dict:
     """Tune the fusion (resuming the study), estimate it honestly, write every output; return params and metrics."""
     study = open_study(name, storage, run_dir, seed)
-    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name, n_trials, nested_trials, seed)
+    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name, n_trials, nested_trials, seed, policy)
     write_outputs(runs, run_dir, best, fused, metrics, safe_url(storage) or DEFAULT_STORAGE_NOTE)
     save_study_plots(study, run_dir)
     return {"params": best, "metrics": metrics}
