@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.core.config import ArgParser, config_dict, parse_config
-from lib.core.errors import DataError
+from lib.core.config import ArgParser, common_problems, config_dict, parse_config
+from lib.core.errors import DataError, raise_first
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
 from lib.core.storage import check_storage
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     for option, value in (("--trials", args.trials), ("--nested-trials", args.nested_trials)):
         if value is not None and value < 1:
             raise DataError(f"{option} {value} must be >= 1")
-    if args.seed < 0:
-        raise DataError(f"--seed {args.seed} must be >= 0")
+    raise_first(common_problems(args))
     check_storage(args.storage)
     runs = load_runs(args.runs)  # settings and runs are checked before the run directory is created
     from lib.stages.ensemble import run_ensemble  # Optuna: after the checks

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.core.config import ArgParser
+from lib.core.config import ArgParser, common_problems
 from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, FOLDS_DIR
 from lib.data.dataset import load_dataset
@@ -22,8 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--check-folds", action="store_true", help="fail if the fold file is not already there")
     parser.add_argument("--cache", type=int, metavar="CROP", help="also build the decoded-image cache at this crop")
     args = parser.parse_args(argv)
-    raise_first([(args.n_folds < 2, f"--n-folds {args.n_folds} must be >= 2"),
-                 (args.fold_seed < 0, f"--fold-seed {args.fold_seed} must be >= 0"),
+    raise_first([*common_problems(args),
                  (args.cache is not None and args.cache < 8, f"--cache {args.cache} must be a crop >= 8 pixels")])
     return args
 

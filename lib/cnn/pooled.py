@@ -22,7 +22,6 @@ from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings,
 from lib.data.dataset import Dataset
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 
-POOLINGS = ("mean", "quantiles", "clusters")
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -75,8 +74,9 @@ def cluster_proportions(cells: CellEmbeddings, train_ids, k: int, seed: int, pca
     blocks = cells.of(pd.unique(cells.ids))
     train = np.concatenate([blocks[p] for p in train_ids if p in blocks])
     mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
-    pca = WhitenedPCA.fit((train - mean) / std, min(pca_dim, train.shape[1]), seed)
-    kmeans = KMeans(k, n_init=4, random_state=seed).fit(pca.transform((train - mean) / std))
+    standardised = (train - mean) / std
+    pca = WhitenedPCA.fit(standardised, min(pca_dim, train.shape[1]), seed)
+    kmeans = KMeans(k, n_init=4, random_state=seed).fit(pca.transform(standardised))
     rows = {pid: np.bincount(kmeans.predict(pca.transform((b - mean) / std)), minlength=k) / len(b)
             for pid, b in blocks.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"cluster{c}" for c in range(k)])

@@ -39,6 +39,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def common_problems(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """Range problems of the run and fold options (``add_run_args``, ``add_common_args``) a script has, for
+    ``lib.core.errors.raise_first``; seeds are numpy seeds (>= 0)."""
+    problems = []
+    if getattr(args, "seed", None) is not None:
+        problems.append((args.seed < 0, f"--seed {args.seed} must be >= 0"))
+    if getattr(args, "n_folds", None) is not None:
+        problems.append((args.n_folds < 2, f"--n-folds {args.n_folds} must be >= 2"))
+    if getattr(args, "fold_seed", None) is not None:
+        problems.append((args.fold_seed < 0, f"--fold-seed {args.fold_seed} must be >= 0"))
+    return problems
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments every cross-validated stage script shares: the run arguments plus the committed folds."""
     add_run_args(parser)

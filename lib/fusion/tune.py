@@ -3,7 +3,8 @@
 The study (lib.core.study) maximises the pooled OOF BA, the equal-weight probability mean at 0.5
 enqueued first. The honest estimate repeats the search for each fold k on the OOF of the other folds
 only (in-memory studies) and scores fold k, with the searched threshold and, to validate that choice, with
-two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC of the held-out scores; each model alone is reported at 0.5 and at its own threshold
+two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC of the held-out scores;
+each model alone is reported at 0.5 and at its own threshold
 (tuned in-sample, and tuned on the other folds).
 """
 from pathlib import Path
@@ -86,12 +87,12 @@ def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int,
         held = fuse(runs.oof.loc[held_ids], best, reference=reference)
         held_scores.append(held)
         tuned_on = fuse(reference, best, reference=reference)
-        for name in THRESHOLD_POLICIES:
-            threshold = policy_threshold(name, best.threshold, tuned_on, runs.target.loc[tune_ids])
+        thresholds = {name: policy_threshold(name, best.threshold, tuned_on, runs.target.loc[tune_ids])
+                      for name in THRESHOLD_POLICIES}
+        for name, threshold in thresholds.items():
             policies[name][int(k)] = balanced_accuracy(runs.target.loc[held_ids], held, threshold)
-        chosen = with_threshold(best, policy_threshold(policy, best.threshold, tuned_on, runs.target.loc[tune_ids]))
-        per_fold[int(k)] = fused_ba(runs.oof.loc[held_ids], runs.target, chosen, reference=reference)
-        params[int(k)] = vars(chosen)
+        per_fold[int(k)] = policies[policy][int(k)]
+        params[int(k)] = vars(with_threshold(best, thresholds[policy]))
     values = np.array(list(per_fold.values()))
     held_all = pd.concat(held_scores)
     return {"per_fold_ba": per_fold, "ba_mean": float(values.mean()), "ba_std": float(values.std()),
@@ -99,7 +100,6 @@ def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int,
             "threshold_policies": {p: {"per_fold_ba": v, "ba_mean": float(np.mean(list(v.values()))),
                                        "ba_std": float(np.std(list(v.values())))} for p, v in policies.items()},
             "threshold_policy": policy, "params_per_fold": params, "trials_per_fold": n_trials}
-
 
 
 def with_threshold(params: FusionParams, threshold: float) -> FusionParams:

@@ -13,6 +13,7 @@ import math
 import yaml
 
 from lib.cnn.settings import COLOURS, MAX_TTA, SCOPES, STRENGTHS, clinical_fusion_arg
+from lib.core.config import common_problems
 from lib.core.errors import raise_first
 from lib.features.tables import FEATURE_SETS
 from lib.models.options import HEAD_NAMES, PENALTIES, parse_c
@@ -28,16 +29,6 @@ def positive(value: float) -> bool:
 def non_negative(value: float) -> bool:
     """A finite number >= 0."""
     return math.isfinite(value) and value >= 0
-
-
-def common_problems(args: argparse.Namespace) -> list[tuple[bool, str]]:
-    """The run and fold options every stage shares (seeds are numpy seeds: >= 0)."""
-    problems = [(args.seed < 0, f"--seed {args.seed} must be >= 0")]
-    if getattr(args, "n_folds", None) is not None:
-        problems.append((args.n_folds < 2, f"--n-folds {args.n_folds} must be >= 2"))
-    if getattr(args, "fold_seed", None) is not None:
-        problems.append((args.fold_seed < 0, f"--fold-seed {args.fold_seed} must be >= 0"))
-    return problems
 
 
 def mapping_arg(text: str) -> dict:

@@ -87,7 +87,7 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     plot_loss(history, run_dir / "loss.png", f"SimCLR {args.backbone}, {args.crop}->{input_side(data_config)} px")
     record = {"objective": "simclr", "backbone": args.backbone, "init_weights": args.weights, "crop": args.crop,
               "input_size": input_side(data_config), "mean": list(data_config["mean"]), "std": list(data_config["std"]),
-              "scope": args.scope, "colour": args.colour or "jitter", "n_cells": int(len(trainer.rows)),
+              "scope": args.scope, "colour": trainer.s.colour, "n_cells": int(len(trainer.rows)),
               "cells_fingerprint": cells_fingerprint(cache, trainer.rows), "epochs": args.epochs,
               "batch_size": args.batch_size, "temperature": args.temperature, "lr": args.lr,
               "precision": precision_name(dtype), "device": str(device), "torch_threads": torch.get_num_threads(),
