@@ -123,12 +123,14 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     ]
 
 
-def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(name, script + arguments) of the ensemble of the models under ``tag``, its report and the submission."""
+def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace,
+                 names: tuple[str, ...] | None = None) -> list[tuple[str, list[str]]]:
+    """(name, script + arguments) of the ensemble of the models under ``tag`` (``names``, default ``models(args)``),
+    its report and the submission."""
     data = ["--data-dir", str(data_dir)]
     ensemble_dir = str(args.runs_dir / tag / "ensemble")
     return [
-        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in models(args)),
+        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in names or models(args)),
                       "--runs-dir", str(args.runs_dir), "--experiment", f"{tag}/ensemble",
                       "--trials", str(args.trials), "--resume"]),
         ("report", ["report.py", "--ensemble", ensemble_dir, *data]),

@@ -1,6 +1,10 @@
 """Shared pytest fixtures: tiny synthetic competition directories in both real layouts."""
+import os
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # ./run_tests.sh runs two pytest-xdist workers on the 2 cores: one
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # intra-op thread each (their stage subprocesses inherit it)
 
 import cv2
 import numpy as np
@@ -31,6 +35,34 @@ def repository_untouched():
     after = _repo_state()
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"tests wrote into the repository: {', '.join(changed[:10])}"
+
+DEMO_PIPELINE_FILES = ("test_pipeline.py", "test_predict.py", "test_safe_loading.py", "test_overnight.py")  # the tests of demo_pipeline
+
+
+def _uses_demo_pipeline(nodeid: str) -> bool:
+    return nodeid.split("::")[0].rsplit("/", 1)[-1] in DEMO_PIPELINE_FILES
+
+
+def pytest_collection_modifyitems(items):
+    """The demo-pipeline files run first (the longest unit of work under pytest-xdist), and no other file may use the
+    session's demo pipeline: under xdist each worker would train it again."""
+    strays = [i.nodeid for i in items if "demo_pipeline" in getattr(i, "fixturenames", ()) and not _uses_demo_pipeline(i.nodeid)]
+    assert not strays, f"add their files to DEMO_PIPELINE_FILES in tests/conftest.py: {strays}"
+    items.sort(key=lambda item: not _uses_demo_pipeline(item.nodeid))  # stable: the collection order otherwise
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """./run_tests.sh runs pytest-xdist workers: every test is its own unit of work except the demo-pipeline files,
+    one unit on one worker, so the session's pipeline is trained once. (xdist's own ``--dist loadgroup`` does not
+    group under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DemoPipelineTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "demo_pipeline" if _uses_demo_pipeline(nodeid) else nodeid
+    return DemoPipelineTogether(config, log)
+
 
 TRAIN_ROWS = [  # ID, LABEL, GENDER, DOB, LYMPH_COUNT: both DOB formats, a lowercase gender
     ("P1", "1", "M", "5/15/1942", "12.8"), ("P2", "0", "F", "19-12-1980", "5.1"),

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, cohort_rows, make_2024
 
 SCRIPTS = ("prepare_data.py", "train_clinical.py", "train_cnn.py", "pretrain_cnn.py", "ensemble.py", "report.py",
-           "make_submission.py", "predict.py", "pipeline.py")
+           "make_submission.py", "predict.py", "pipeline.py", "overnight.py")
 HEAVY = ("torch", "timm", "albumentations", "optuna", "cv2", "sklearn", "matplotlib")
 PROBE = """
 import contextlib, io, json, runpy, sys

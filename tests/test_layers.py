@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / "lib"
-LAYERS = {"core": 0, "data": 1, "features": 2, "models": 2, "fusion": 2, "cnn": 3, "stages": 4, "hpo": 5}
+LAYERS = {"core": 0, "data": 1, "features": 2, "models": 2, "fusion": 2, "cnn": 3, "stages": 4, "hpo": 5, "night": 6}
 
 
 def package(module: str) -> str:

@@ -20,7 +20,7 @@ def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
     assert all(p.stat().st_size > 1000 and p.name in html for p in report.glob("*.png"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: the xdist worker may interleave this module with the other demo files
 def variant_pipeline(demo_pipeline, tmp_path_factory):
     """The pipeline once with every variant on: fold-seed bagging (42, 43), the label-free encoder
     (--pretrain-config) and a fine-tuned CNN in the blend (--with-finetune), on the demo directory and with the

@@ -1,15 +1,13 @@
 """predict.py: the saved models of an ensemble score any directory's patients without retraining."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pandas as pd
 import pytest
-from conftest import REPO
 
 import predict
+from lib.core.cli import run_in_process
 from lib.core.errors import DataError
 
 NEW_IDS = {0: "N1", 1: "N2", 2: "N3"}
@@ -84,15 +82,17 @@ def test_mismatched_data_is_a_one_line_error(demo_pipeline, tmp_path, change, me
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_missing_model_file_is_a_one_line_error(demo_pipeline, tmp_path):
+def test_a_missing_model_file_is_a_one_line_error(demo_pipeline, tmp_path, capsys):
+    """Through the script's entry (tests/test_imports.py runs predict.py itself as a process)."""
     data, runs, _, _ = demo_pipeline
     model = next(runs.glob("*/clinical")) / "folds" / "model_0.json"
     model.rename(model.with_suffix(".moved"))
     try:
-        command = [sys.executable, "predict.py", "--ensemble", str(ensemble_dir(runs)), "--data-dir", str(data),
-                   "--out", str(tmp_path / "p.csv"), "--cache-dir", str(runs.parent / "cache"), "--no-progress"]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        code = run_in_process(["predict.py", "--ensemble", str(ensemble_dir(runs)), "--data-dir", str(data),
+                               "--out", str(tmp_path / "p.csv"), "--cache-dir", str(runs.parent / "cache"),
+                               "--no-progress"])
     finally:
         model.with_suffix(".moved").rename(model)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {model}: fold model not found")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {model}: fold model not found")
