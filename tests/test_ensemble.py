@@ -201,7 +201,7 @@ def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs,
     command = [sys.executable, "ensemble.py", "--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
                "--experiment", "ens", "--trials", "60", "--nested-trials", "20", "--resume"]
     rng, db = random.Random(0), tmp_path / "runs" / "ens" / "study.db"
-    for round_ in range(6):  # 2 in the first second, 4 mid-trial; SIGKILL and SIGTERM alternate (12 rounds ran the same paths twice)
+    for round_ in range(4):  # 2 in the first second, 2 mid-trial; SIGKILL and SIGTERM alternate (each path once)
         process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if round_ < 2:  # in the first second: before or while the run directory and study are made
             time.sleep(rng.uniform(0.0, 1.0))

@@ -1,4 +1,6 @@
 """The main job end to end on a small demo directory: every stage runs, the report and submission appear."""
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -22,9 +24,9 @@ def test_pipeline_writes_report_and_a_valid_submission(demo_pipeline):
 
 @pytest.fixture(scope="session")  # session: the xdist worker may interleave this module with the other demo files
 def variant_pipeline(demo_pipeline, tmp_path_factory):
-    """The pipeline once with every variant on: fold-seed bagging (42, 43), the label-free encoder
-    (--pretrain-config) and a fine-tuned CNN in the blend (--with-finetune), on the demo directory and with the
-    folds and caches of the session's plain run (one run instead of three, each from empty caches)."""
+    """The pipeline once with the label-free encoder (--pretrain-config) and a fine-tuned CNN in the blend
+    (--with-finetune), on the demo directory and with the folds and caches of the session's plain run. Fold-seed
+    bagging is tested below without training (stage list, averaging) and end to end by tests/test_overnight.py."""
     import yaml
     from conftest import TINY_CNN
 
@@ -41,34 +43,58 @@ def variant_pipeline(demo_pipeline, tmp_path_factory):
     seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(root / "runs"), "--out",
                              str(root / "submission.csv"), "--cnn-config", str(root / "cnn.yaml"),
                              "--pretrain-config", str(root / "pretrain.yaml"), "--with-finetune",
-                             str(root / "finetune.yaml"), "--trials", "4", "--fold-seeds", "42", "43",
+                             str(root / "finetune.yaml"), "--trials", "4",
                              "--folds-dir", str(shared / "folds"), "--cache-dir", str(shared / "cache")],
                             runner=run_in_process)
     return root, seconds
 
 
-def test_pipeline_with_fold_seed_bagging(variant_pipeline):
-    """--fold-seeds: the models run on each split, are averaged per patient, and the blend uses the averages."""
-    root, seconds = variant_pipeline
-    assert "bag" in seconds and "clinical_s43" in seconds and (root / "submission.csv").exists()
-    bagged = next((root / "runs").glob("*_bag42-43"))
-    singles = [pd.read_csv(next((root / "runs").glob(f"*_s{s}")) / "cnn" / "oof.csv").set_index("ID") for s in (42, 43)]
-    oof = pd.read_csv(bagged / "cnn" / "oof.csv").set_index("ID")
-    pd.testing.assert_series_equal(oof["proba"], ((singles[0]["proba"] + singles[1]["proba"]) / 2).loc[oof.index],
-                                   check_names=False)
-    assert (bagged / "ensemble" / "best_params.json").exists()
+def test_fold_seed_bagging_runs_the_models_on_each_seed_then_blends_the_averages(demo_pipeline, tmp_path, monkeypatch):
+    """--fold-seeds: every model stage once per seed (the encoder once for all), then one bagging step, then the
+    blend, report and submission of the bagged runs (the stages recorded, not trained)."""
+    from conftest import REPO
+
+    import pipeline
+    data, _, _, _ = demo_pipeline
+    ran, bagged = [], []
+    monkeypatch.setattr(pipeline, "bag_models", lambda name, seeds, args, seconds: bagged.append(seeds) or "NAME_bag")
+    seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--fold-seeds", "42", "43",
+                             "--pretrain-config", str(REPO / "configs" / "pretrain_cpu.yaml"), "--folds-dir", str(tmp_path / "f"),
+                             "--cache-dir", str(tmp_path / "c")], runner=lambda command: ran.append(command) or 0)
+    models = ["prepare", "clinical", "morpho", "cnn", "cnn_attention"]
+    assert list(seconds) == ["pretrain", *(f"{m}_s{s}" for s in (42, 43) for m in models), "ensemble", "report",
+                             "submission"]
+    assert bagged == [[42, 43]] and ran[6][ran[6].index("--fold-seed") + 1] == "43"
+    ensemble = ran[-3]
+    assert [Path(r).parts[-2:] for r in ensemble[2:6]] == [("NAME_bag", m) for m in pipeline.MODELS]
+
+
+def test_bag_models_averages_each_model_over_the_seeds(tmp_path):
+    import argparse
+
+    from test_bagging import write_run
+
+    import pipeline
+    for seed, oof in ((42, [0.9, 0.2, 0.6, 0.4]), (43, [0.7, 0.4, 0.8, 0.0])):
+        for model in pipeline.MODELS:
+            write_run(tmp_path / f"toy_s{seed}" / model, seed, [0, 0, 1, 1], oof, {"fold_0": [0.5, 0.5]})
+    seconds = {}
+    tag = pipeline.bag_models("toy", [42, 43], argparse.Namespace(runs_dir=tmp_path, with_finetune=None), seconds)
+    assert tag == "toy_bag42-43" and "bag" in seconds
+    for model in pipeline.MODELS:
+        oof = pd.read_csv(tmp_path / tag / model / "oof.csv")
+        assert oof["proba"].round(6).tolist() == [0.8, 0.3, 0.7, 0.2], model
 
 
 def test_pipeline_with_a_pretrained_encoder(variant_pipeline):
-    """--pretrain-config: the label-free encoder is learnt once (for both fold seeds), then the CNN stages embed
-    with it."""
+    """--pretrain-config: the label-free encoder is learnt first, then the CNN stages embed with it."""
     import yaml
     root, seconds = variant_pipeline
-    assert list(seconds)[:2] == ["pretrain", "prepare_s42"] and "pretrain_s43" not in seconds
+    assert list(seconds)[:2] == ["pretrain", "prepare"]
     encoder = next((root / "runs").glob("*_ssl")) / "encoder.pth"
-    for seed in (42, 43):
-        config = yaml.safe_load((next((root / "runs").glob(f"*_s{seed}")) / "cnn" / "config.yaml").read_text())
-        assert config["weights"] == str(encoder)
+    config = yaml.safe_load((next((root / "runs").glob("*_s42")) / "cnn" / "config.yaml").read_text())
+    assert config["weights"] == str(encoder)
+    assert (root / "submission.csv").exists()
 
 
 def test_pipeline_with_a_fine_tuned_cnn_in_the_blend(variant_pipeline):
@@ -77,11 +103,11 @@ def test_pipeline_with_a_fine_tuned_cnn_in_the_blend(variant_pipeline):
 
     import yaml
     root, seconds = variant_pipeline
-    assert list(seconds)[5:7] == ["cnn_attention_s42", "cnn_finetune_s42"]
+    assert list(seconds)[5:7] == ["cnn_attention", "cnn_finetune"]
     seed_dir = next((root / "runs").glob("*_s42"))
     config = yaml.safe_load((seed_dir / "cnn_finetune" / "config.yaml").read_text())
     assert config["regime"] == "finetune"
-    params = json.loads((next((root / "runs").glob("*_bag42-43")) / "ensemble" / "best_params.json").read_text())
+    params = json.loads((seed_dir / "ensemble" / "best_params.json").read_text())
     assert any("cnn_finetune" in str(run) for run in params["runs"])
 
 
