@@ -96,8 +96,8 @@ def study_names(name: str) -> dict[str, str]:
 
 
 def common(args, data_dir: Path, night_dir: Path, seed: int) -> list[str]:
-    return ["--data-dir", str(data_dir), "--runs-dir", str(night_dir), "--fold-seed", str(seed), "--folds-dir",
-            str(args.folds_dir), "--cache-dir", str(args.cache_dir)]
+    """pipeline.py's options of a training stage on one fold seed, in the night directory."""
+    return pipeline.run_options(data_dir, seed, stage_args(args, night_dir, encoder_on=False))
 
 
 def study_command(kind: str, args, data_dir: Path, night_dir: Path, name: str, weights: list[str]) -> list[str]:
@@ -130,11 +130,6 @@ def blended_models(args, night_dir: Path, name: str, weights: list[str]) -> list
     return [*DEFAULT_MODELS, *(m for m, _ in night_models(args, args.data_dir, night_dir, name, 0, weights))]
 
 
-def ensemble_command(night_dir: Path, tag: str, models: list[str], experiment: str, trials: int) -> list[str]:
-    return ["ensemble.py", "--runs", *(str(night_dir / tag / m) for m in models), "--runs-dir", str(night_dir),
-            "--experiment", f"{tag}/{experiment}", "--trials", str(trials), "--resume"]
-
-
 def fixed_stages(args, data_dir: Path, night_dir: Path, name: str, encoder: dict) -> list[dict]:
     """Every stage that is not a study, in order: {name, kind, command | action}."""
     ns = stage_args(args, night_dir, encoder["on"])
@@ -155,7 +150,7 @@ def fixed_stages(args, data_dir: Path, night_dir: Path, name: str, encoder: dict
         tag = f"{name}_s{seed}"
         for blend, members in (("ensemble_default", list(DEFAULT_MODELS)), ("ensemble_night", models)):
             out.append({"name": f"s{seed}/{blend}", "kind": "ensemble", "n_models": len(members),
-                        "command": ensemble_command(night_dir, tag, members, blend, args.ensemble_trials)})
+                        "command": pipeline.ensemble_command(night_dir, tag, members, blend, args.ensemble_trials)})
     tag = final_tag(name, args.bag_seeds)
     if len(args.bag_seeds) > 1:
         out.append({"name": "bag", "kind": "bag", "models": models})
@@ -182,7 +177,12 @@ def make_plan(args, dataset, night_dir: Path, probe: dict) -> dict:
     return {"dataset": dataset.name, "started": now, "deadline": now + args.budget, "probe": probe,
             "n_cells": n_cells, "encoder": encoder, "estimates": estimates,
             "trial_estimates": {k: plan.COSTS_S[f"{k}_trial"] * plan.scale(probe) for k in ("clinical", "cnn")},
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k in PLANNED}}
+            "settings": planned_settings(args)}
+
+
+def planned_settings(args) -> dict:
+    """The options that shaped the plan, as plan.json keeps them (paths as text)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k in PLANNED}
 
 
 def load_or_make_plan(args, dataset, night_dir: Path, measure) -> dict:
@@ -190,7 +190,7 @@ def load_or_make_plan(args, dataset, night_dir: Path, measure) -> dict:
     path = night_dir / "plan.json"
     if path.is_file():
         saved = read_json(path)
-        asked = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k in PLANNED}
+        asked = planned_settings(args)
         changed = sorted(k for k in PLANNED if saved["settings"].get(k) != asked.get(k))
         if changed:
             raise DataError(f"{path}: this night was planned with other settings ({', '.join(changed)}); use the "
@@ -237,7 +237,8 @@ class Night:
         return plan.drift([r for r in markers.all_finished(self.dir).values() if r.get("estimate")])
 
     def fixed_left(self) -> float:
-        return sum(v for k, v in self.plan["estimates"].items() if not markers.finished(self.dir, k))
+        done = markers.all_finished(self.dir)
+        return sum(v for k, v in self.plan["estimates"].items() if k not in done)
 
     def run(self, stage: dict) -> None:
         """One fixed stage, unless its marker says it finished."""
@@ -256,10 +257,7 @@ class Night:
         markers.mark_finished(self.dir, stage["name"], time.perf_counter() - began, estimate)
 
     def bag(self, models: list[str]) -> None:
-        from lib.stages.bagging import bag_runs
-        name, seeds = self.dataset.name, self.args.bag_seeds
-        for model in models:
-            bag_runs([self.dir / f"{name}_s{s}" / model for s in seeds], self.dir / final_tag(name, seeds) / model)
+        pipeline.bag_models(self.dataset.name, self.args.bag_seeds, stage_args(self.args, self.dir, False), {}, models)
 
     def studies(self, kinds: tuple[str, ...] = ("clinical", "cnn")) -> None:
         """The studies, chunk by chunk, within the time the fixed stages leave; the clinical one first (capped)."""

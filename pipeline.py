@@ -103,12 +103,18 @@ def encoder_weights(name: str, args: argparse.Namespace) -> list[str]:
     return ["--weights", str(args.runs_dir / f"{name}_ssl" / "encoder.pth")] if args.pretrain_config else []
 
 
+def run_options(data_dir: Path, seed: int, args: argparse.Namespace) -> list[str]:
+    """The data, runs, folds and cache options every training stage of one fold seed takes."""
+    return ["--data-dir", str(data_dir), "--runs-dir", str(args.runs_dir), "--fold-seed", str(seed), "--folds-dir",
+            str(args.folds_dir), "--cache-dir", str(args.cache_dir)]
+
+
 def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(name, script + arguments) of the stages up to the models, on the folds of one seed (runs/<name>_s<seed>/)."""
     tag = f"{name}_s{seed}"
     data = ["--data-dir", str(data_dir)]
     folds = ["--fold-seed", str(seed), "--folds-dir", str(args.folds_dir)]
-    common = [*data, "--runs-dir", str(args.runs_dir), *folds, "--cache-dir", str(args.cache_dir), "--resume"]
+    common = [*run_options(data_dir, seed, args), "--resume"]
     cnn = ["train_cnn.py", "-c", str(args.cnn_config), *common, *encoder_weights(name, args)]
     run = {name: f"{tag}/{name}" for name in models(args)}
     finetune = [("cnn_finetune", ["train_cnn.py", "-c", str(args.with_finetune), *common, *encoder_weights(name, args),
@@ -123,6 +129,12 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     ]
 
 
+def ensemble_command(runs_dir: Path, tag: str, names, experiment: str, trials: int) -> list[str]:
+    """ensemble.py over the runs ``names`` under ``runs_dir/tag``, into ``tag/experiment`` (resumed when it exists)."""
+    return ["ensemble.py", "--runs", *(str(runs_dir / tag / m) for m in names), "--runs-dir", str(runs_dir),
+            "--experiment", f"{tag}/{experiment}", "--trials", str(trials), "--resume"]
+
+
 def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace,
                  names: tuple[str, ...] | None = None) -> list[tuple[str, list[str]]]:
     """(name, script + arguments) of the ensemble of the models under ``tag`` (``names``, default ``models(args)``),
@@ -130,9 +142,7 @@ def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace,
     data = ["--data-dir", str(data_dir)]
     ensemble_dir = str(args.runs_dir / tag / "ensemble")
     return [
-        ("ensemble", ["ensemble.py", "--runs", *(str(args.runs_dir / tag / m) for m in names or models(args)),
-                      "--runs-dir", str(args.runs_dir), "--experiment", f"{tag}/ensemble",
-                      "--trials", str(args.trials), "--resume"]),
+        ("ensemble", ensemble_command(args.runs_dir, tag, names or models(args), "ensemble", args.trials)),
         ("report", ["report.py", "--ensemble", ensemble_dir, *data]),
         ("submission", ["make_submission.py", *data, "--ensemble", ensemble_dir, "--out", str(args.out)]),
     ]
@@ -169,10 +179,12 @@ def run_stage(name: str, command: list[str], seconds: dict[str, float], runner: 
     print(f"=== {name}: {seconds[name]:.0f} s", flush=True)
 
 
-def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: dict[str, float]) -> str:
-    """Average every model over the fold seeds into runs/<name>_bag<seeds>/ (lib.stages.bagging); its tag."""
+def bag_models(name: str, seeds: list[int], args: argparse.Namespace, seconds: dict[str, float],
+               names: list[str] | None = None) -> str:
+    """Average every model (``names``, default ``models(args)``) over the fold seeds into runs/<name>_bag<seeds>/
+    (lib.stages.bagging); its tag."""
     tag, began = f"{name}_bag{'-'.join(map(str, seeds))}", time.perf_counter()
-    for model in models(args):
+    for model in names or models(args):
         metrics = bag_runs([args.runs_dir / f"{name}_s{seed}" / model for seed in seeds], args.runs_dir / tag / model)
         print(f"=== bagged {model} over fold seeds {seeds}: OOF BA {metrics['ba_mean']:.3f}, "
               f"AUC {metrics['auc_mean']:.3f}", flush=True)

@@ -16,23 +16,13 @@ import pandas as pd
 import yaml
 
 from lib.core.io import atomic_write_text
+from lib.core.machine import cpu_model
 from lib.core.metrics import mean_std
 from lib.core.paths import REPO_DIR
 from lib.core.runs import code_version
 
 BENCHMARKS_FILE = REPO_DIR / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nDated measurements appended by the scripts in benchmarks/ (newest last).\n"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name", read from /proc/cpuinfo), or the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

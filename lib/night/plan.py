@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from pathlib import Path
 
 BUDGET_PATTERN = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 MIN_BUDGET_S = 60
@@ -108,7 +109,6 @@ def fixed_estimates(stages: list[tuple[str, str, int]], n_cells: int, probe: dic
 def cold_caches(cache_dir, dataset: str) -> set[str]:
     """Which of the CNN embedding and morphometry caches this data directory has not built yet (approximate: any
     embedding file of the dataset counts as the preset's)."""
-    from pathlib import Path
     cache_dir = Path(cache_dir)
     emb = cache_dir / "emb" / dataset
     cold = set() if emb.is_dir() and any(emb.glob("*.npy")) else {"cnn"}

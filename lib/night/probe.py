@@ -4,13 +4,13 @@ on random tensors in the presets' precision (bf16 where the CPU has it natively)
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 import timm
 import torch
 
 from lib.cnn.device import autocast_dtype, cpu_has_bf16, resolve_device, training_autocast_dtype
+from lib.core.machine import cpu_model
 
 PRETRAIN_OVERHEAD = 1.25  # the augmented views and the loss around the bare step, measured against a real epoch
 
@@ -62,13 +62,7 @@ def pretrain_rate(backbone: str = "resnet10t", side: int = 64, batch: int = 64, 
 
 def machine() -> dict:
     """CPU model, cores, native bf16, torch threads: named in the plan and the summary."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
