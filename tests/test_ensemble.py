@@ -199,7 +199,7 @@ def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs,
     import time
     repo = Path(__file__).resolve().parent.parent
     command = [sys.executable, "ensemble.py", "--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
-               "--experiment", "ens", "--trials", "60", "--nested-trials", "20", "--resume"]
+               "--experiment", "ens", "--trials", "30", "--nested-trials", "10", "--resume"]
     rng, db = random.Random(0), tmp_path / "runs" / "ens" / "study.db"
     for round_ in range(4):  # 2 in the first second, 2 mid-trial; SIGKILL and SIGTERM alternate (each path once)
         process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -218,7 +218,7 @@ def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs,
     assert done.returncode == 0, done.stderr[-2000:]
     study = fusion_study(tmp_path / "runs" / "ens")
     finished = [t for t in study.trials if t.state in (optuna_states().COMPLETE, optuna_states().PRUNED)]
-    assert len(finished) == 60 and not [t for t in study.trials if t.state == optuna_states().RUNNING]
+    assert len(finished) == 30 and not [t for t in study.trials if t.state == optuna_states().RUNNING]
 
 
 def optuna_states():

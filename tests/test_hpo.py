@@ -181,6 +181,7 @@ def test_clinical_study_prunes_summarises_and_best_yaml_reproduces(cohort, tmp_p
     assert metrics["ba_mean"] == best.value
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "oof.csv"),
                                   pd.read_csv(out / f"trial_{best.number}" / "oof.csv"))
+    assert (tmp_path / "again" / "roc.png").is_file() and not (out / f"trial_{best.number}" / "roc.png").exists()
 
 
 def test_cnn_study_best_yaml_reproduces_the_best_trial(cohort, tmp_path, monkeypatch):

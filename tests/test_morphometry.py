@@ -1,4 +1,6 @@
 """Morphometry on synthetic cells of known geometry, on degenerate images, and its pooling, pictures and cache."""
+import os
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -212,3 +214,16 @@ def test_pooling_when_no_cell_is_measurable_gives_nan_not_a_crash():
     cells = pd.DataFrame({"ID": ["a", "a", "b"], "ok": [0, 0, 0], **{m: [np.nan] * 3 for m in MEASUREMENTS}})
     pooled = pool_patient_features(cells)
     assert list(pooled.index) == ["a", "b"] and pooled.isna().all().all()
+
+
+def test_worker_processes_default_to_the_cores_the_caller_may_use(monkeypatch):
+    """OMP_NUM_THREADS=1 (a caller that wants one core, like a test worker) measures in-process: no pool is started."""
+    import lib.features.morphometry.segment as segment
+    from lib.core.machine import usable_cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert usable_cores() == 1
+    monkeypatch.setattr(segment.mp, "get_context", lambda *a: pytest.fail("started worker processes"))
+    imgs = [synthetic_cell(12, 20, size=64)] * MIN_PARALLEL
+    assert len(measure_cells(imgs, progress=False)) == MIN_PARALLEL
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert usable_cores() == len(os.sched_getaffinity(0))

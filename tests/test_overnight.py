@@ -23,7 +23,7 @@ def night_argv(demo_pipeline, root: Path, *extra: str) -> list[str]:
     (root / "cnn.yaml").write_text(yaml.safe_dump({**TINY_CNN, "epochs": 10, "bag_size": 8}))
     return ["--data-dir", str(data), "--budget", "1m", "--runs-dir", str(root / "runs"), "--out",
             str(root / "submission.csv"), "--folds-dir", str(runs.parent / "folds"), "--cache-dir",
-            str(runs.parent / "cache"), "--bag-seeds", "43", "44", "--ensemble-trials", "4", "--encoder", "off",
+            str(runs.parent / "cache"), "--bag-seeds", "43", "--ensemble-trials", "4", "--encoder", "off",
             "--cnn-config", str(root / "cnn.yaml"), "--ssl-cnn-config", str(root / "cnn.yaml"), *extra]
 
 
@@ -36,25 +36,26 @@ def experiment_of(command: list[str]) -> str:
 
 
 def test_a_killed_night_resumes_without_redoing_a_finished_stage(demo_pipeline, tmp_path):
+    """One bag seed (the two-seed night's stage list, its bag included, is checked below without training)."""
     argv, first, second = night_argv(demo_pipeline, tmp_path), [], []
 
-    def killed_at_the_second_seed(command):
-        if experiment_of(command).endswith("_s44/clinical"):
+    def killed_after_the_studies(command):
+        if experiment_of(command).endswith("_s43/morpho"):
             return -15  # SIGTERM, as a stage stopped by the scheduler reports it
         first.append(experiment_of(command))
         return run_in_process(command)
 
     with pytest.raises(SystemExit, match="stopped by SIGTERM"):
-        overnight.main(argv, runner=killed_at_the_second_seed, measure=lambda: PROBE)
+        overnight.main(argv, runner=killed_after_the_studies, measure=lambda: PROBE)
     night = next((tmp_path / "runs").glob("*_night"))
     kept = {p.name for p in (night / "stages").glob("*.json")}
-    assert "studies.json" in kept and "s43_ensemble_night.json" in kept and "s44_clinical.json" not in kept
+    assert {"studies.json", "s43_clinical.json"} <= kept and "s43_morpho.json" not in kept, kept
 
     def recorded(command):
         second.append(experiment_of(command))
         return run_in_process(command)
     summary = overnight.main(argv, runner=recorded, measure=lambda: pytest.fail("a resumed night measures again"))
-    assert second[0].endswith("_s44/clinical") and not set(first) & set(second), set(first) & set(second)
+    assert second[0].endswith("_s43/morpho") and not set(first) & set(second), set(first) & set(second)
     name = night.name.removesuffix("_night")
     assert f"{name}_clinical_study" in first and f"{name}_cnn_study" in first  # the studies ran, once
     submission = pd.read_csv(tmp_path / "submission.csv")
@@ -62,14 +63,35 @@ def test_a_killed_night_resumes_without_redoing_a_finished_stage(demo_pipeline, 
     text = summary.read_text()
     assert summary == tmp_path / "summary.md" and (night / "summary.md").read_text() == text
     for expected in ("blend: default pipeline", "blend: night", "clinical_tuned", "cnn_tuned", "cnn_image",
-                     "Settings chosen (fold seed 42)", "fold seeds 43, 44", "won" if "**won**" in text else "did not win"):
+                     "Settings chosen (fold seed 42)", "fold seeds 43", "won" if "**won**" in text else "did not win"):
         assert expected in text, expected
-    bagged = night / f"{name}_bag43-44"
-    params = json.loads((bagged / "ensemble" / "best_params.json").read_text())
+    final = night / f"{name}_s43" / "ensemble"
+    params = json.loads((final / "best_params.json").read_text())
     assert len(params["runs"]) == 7  # the default four, the two tuned ones and the image-only CNN
+    assert (final / "report" / "index.html").is_file()
     tuned = yaml.safe_load((night / f"{name}_s43" / "cnn_tuned" / "config.yaml").read_text())
     best = yaml.safe_load((night / f"{name}_cnn_study" / "best.yaml").read_text())
     assert tuned["head"] == best["head"] and tuned["fold_seed"] == 43 and best["fold_seed"] == 42
+
+
+def test_a_night_on_two_seeds_bags_every_model_before_the_final_blend(demo_pipeline, tmp_path):
+    """The stage list of a night with two bag seeds: each seed's models and blends, then the bag of all models, then
+    the final blend, report and submission on the bagged runs (pipeline.bag_models is tested in test_pipeline)."""
+    from lib.data.dataset import load_dataset
+    args = overnight.parse_args(night_argv(demo_pipeline, tmp_path, "--bag-seeds", "43", "44"))
+    dataset = load_dataset(args.data_dir)
+    night = tmp_path / "runs" / f"{dataset.name}_night"
+    stages = overnight.fixed_stages(args, dataset.root, night, dataset.name, {"on": False, "epochs": 0})
+    names = [s["name"] for s in stages]
+    models = [*overnight.DEFAULT_MODELS, "cnn_image", "clinical_tuned", "cnn_tuned"]
+    for seed in (43, 44):
+        assert [n.split("/")[1] for n in names if n.startswith(f"s{seed}/")] == [
+            "prepare", *models, "ensemble_default", "ensemble_night"], names
+    assert names[names.index("s44/ensemble_night") + 1:] == ["bag", "final/ensemble", "final/report", "final/submission"]
+    bag = stages[names.index("bag")]
+    assert bag["models"] == models
+    ensemble = stages[names.index("final/ensemble")]["command"]
+    assert str(night / f"{dataset.name}_bag43-44" / "cnn_tuned") in ensemble and "--runs" in ensemble
 
 
 def test_the_plan_is_printed_and_nothing_runs(demo_pipeline, tmp_path, capsys):

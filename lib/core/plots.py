@@ -15,10 +15,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Render a matplotlib figure to PNG and write it atomically, then close it."""
+def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically, then close it. ``tight`` crops to the drawn
+    artists (a second draw); a figure laid out by hand inside its canvas does not need it."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     pyplot().close(fig)
     return atomic_write_bytes(buffer.getvalue(), path)
 

@@ -36,8 +36,9 @@ def check_trial(args: argparse.Namespace, dataset: Dataset) -> None:
 
 
 def train_trial(stage: Stage, setup: None) -> dict:
-    """Cross-validate one trial through train_clinical.py's code path."""
-    return train_clinical(stage)
+    """Cross-validate one trial through train_clinical.py's code path, without its figures (a study's trials are
+    read from trials.csv and its plots; best.yaml re-run as a plain run draws them)."""
+    return train_clinical(stage, plots=False)
 
 
 def clinical_plan() -> StudyPlan:

@@ -52,14 +52,17 @@ def write_coefficients(run_dir: Path) -> pd.DataFrame:
     return table
 
 
-def train_clinical(stage: Stage) -> dict:
-    """Cross-validate the clinical model on the committed folds; write predictions, metrics, coefficients, ROC."""
+def train_clinical(stage: Stage, plots: bool = True) -> dict:
+    """Cross-validate the clinical model on the committed folds; write predictions, metrics, coefficients and (with
+    ``plots``) the ROC and the morphometry figures."""
     features = feature_table(stage.dataset, stage.args.feature_set, stage.args.cache_dir)
     log.info("feature set %s: %s", stage.args.feature_set, ", ".join(features.columns))
     fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, stage.args.seed,
                                    stage.args.inner_folds, stage.args.C, stage.args.penalty)
     oof, _ = cross_validate(stage, fit_predict)
     write_coefficients(stage.run_dir)
+    if not plots:
+        return fold_metrics(oof, 0.5)
     if uses_morphometry(stage.args.feature_set):
         from lib.features.morphometry.plots import write_morphometry_plots
         write_morphometry_plots(stage.dataset, stage.run_dir, stage.args.cache_dir)

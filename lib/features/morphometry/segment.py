@@ -24,7 +24,6 @@ A cell with no plausible nucleus (blank image, nothing saturated near the centre
 large or too ragged) gets ``ok = 0`` and NaN measurements: counted and reported, never crashed on.
 """
 import multiprocessing as mp
-import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 from skimage.segmentation import watershed
 
 from lib.core.errors import DataError
+from lib.core.machine import usable_cores
 from lib.core.progress import tqdm
 
 MEASUREMENTS = ["nucleus_area", "cell_area", "nc_ratio", "circularity", "solidity", "axis_ratio",
@@ -295,12 +295,12 @@ def measure_cells(images: Iterable, progress: bool = True, desc: str = "morphome
                   n_jobs: int | None = None) -> pd.DataFrame:
     """One row per cell (MEASUREMENTS + ok), in input order; ``images`` are RGB arrays or paths.
 
-    ``n_jobs`` worker processes (default: up to 4 CPU cores) for at least MIN_PARALLEL images; they are
+    ``n_jobs`` worker processes (default: up to 4 of the usable cores, see lib.core.machine) for at least MIN_PARALLEL images; they are
     spawned, not forked (a fork can inherit OpenCV's thread pool mid-lock and hang), so a calling
     script needs the usual ``if __name__ == "__main__":`` guard.
     """
     items = list(images)
-    n_jobs = min(4, os.cpu_count() or 1) if n_jobs is None else n_jobs
+    n_jobs = min(4, usable_cores()) if n_jobs is None else n_jobs
     bar = dict(total=len(items), desc=desc, disable=not progress)
     if n_jobs > 1 and len(items) >= MIN_PARALLEL:
         with mp.get_context("spawn").Pool(n_jobs, initializer=cv2.setNumThreads, initargs=(1,)) as pool:

@@ -75,28 +75,45 @@ def clinical_lines(pid: str, info: dict) -> list[str]:
     return lines
 
 
+TILE_GAP = 12  # px between cells of the mosaic
+LABEL_BAND = 34  # px above each row of cells for the weights
+
+
+def cell_mosaic(rows: list[pd.DataFrame], n_cols: int) -> tuple[np.ndarray, int]:
+    """The cells of each row side by side on white, a label band above each row (one image: one axes to lay out,
+    where a grid of subplots costs a second per montage); returns it and the tile size."""
+    images = [[read_image(path) for path in cells["image"]] for cells in rows]
+    tile = max([max(im.shape[:2]) for row in images for im in row] or [64])
+    width, height = n_cols * tile + (n_cols - 1) * TILE_GAP, len(rows) * (tile + LABEL_BAND)
+    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(images):
+        for c, im in enumerate(row):
+            y, x = r * (tile + LABEL_BAND) + LABEL_BAND, c * (tile + TILE_GAP)
+            mosaic[y:y + im.shape[0], x:x + im.shape[1]] = im[..., :3]
+    return mosaic, tile
+
+
 def montage_figure(top: pd.DataFrame, bottom: pd.DataFrame, lines: list[str], title: str, path: Path) -> Path:
     """Clinical text on the left, highest-weighted cells on the top row, lowest-weighted below."""
     plt = pyplot()
     n_cols = max(len(top), len(bottom), 1)
-    fig = plt.figure(figsize=(2.6 + 1.45 * n_cols, 4.0), layout="constrained")
-    grid = fig.add_gridspec(2, n_cols + 1, width_ratios=[1.5] + [1] * n_cols)
-    text = fig.add_subplot(grid[:, 0])
+    fig = plt.figure(figsize=(2.6 + 1.45 * n_cols, 4.0))
+    text_share = 2.6 / (2.6 + 1.45 * n_cols)
+    text = fig.add_axes((0.01, 0.0, text_share - 0.01, 0.9))
     text.axis("off")
     text.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace", transform=text.transAxes)
-    for row, (cells, label) in enumerate(((top, "highest weight"), (bottom, "lowest weight"))):
-        for col in range(n_cols):
-            ax = fig.add_subplot(grid[row, col + 1])
-            ax.set_xticks([]), ax.set_yticks([])
-            if col < len(cells):
-                ax.imshow(read_image(cells["image"].iat[col]))
-                ax.set_title(f"w={cells['weight'].iat[col]:.3g}", fontsize=8)
-            else:
-                ax.axis("off")
-            if col == 0:
-                ax.set_ylabel(label, fontsize=9)
+    ax = fig.add_axes((text_share, 0.0, 1 - text_share, 0.9))
+    mosaic, tile = cell_mosaic([top, bottom], n_cols)
+    ax.imshow(mosaic, interpolation="antialiased")
+    ax.axis("off")
+    for r, (cells, label) in enumerate(((top, "highest weight"), (bottom, "lowest weight"))):
+        y = r * (tile + LABEL_BAND)
+        ax.text(-TILE_GAP, y + LABEL_BAND + tile / 2, label, rotation=90, ha="right", va="center", fontsize=9)
+        for c in range(len(cells)):
+            ax.text(c * (tile + TILE_GAP) + tile / 2, y + LABEL_BAND - 6, f"w={cells['weight'].iat[c]:.3g}",
+                    ha="center", va="bottom", fontsize=8)
     fig.suptitle(title, fontsize=11)
-    return save_figure(fig, path, dpi=MONTAGE_DPI)
+    return save_figure(fig, path, dpi=MONTAGE_DPI, tight=False)
 
 
 def uniform_note(cells: pd.DataFrame) -> str:
