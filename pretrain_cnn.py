@@ -1,4 +1,4 @@
-"""Self-supervised pretraining of a cell encoder (SimCLR) on every cell of a data directory, never reading labels.
+"""Self-supervised pretraining of a cell encoder (SimCLR or DINO) on every cell of a data directory, never reading labels.
 
 Examples:
   python pretrain_cnn.py                                           # demo data, CPU defaults (seconds per epoch)
@@ -6,6 +6,7 @@ Examples:
   python pretrain_cnn.py -c configs/pretrain_gpu.yaml --data-dir ../shared/data/lymphocytosis --experiment ssl_gpu
   python pretrain_cnn.py ... --scope train     # training patients' cells only (no transductive use of test cells)
   python pretrain_cnn.py ... --resume          # after a kill: continues from the last finished epoch
+  python pretrain_cnn.py -c configs/pretrain_cpu_dino.yaml ...  # DINO, multi-crop (no negatives)
 Then: python train_cnn.py -c configs/cnn_cpu_ssl.yaml --weights runs/ssl/encoder.pth ...
 Writes runs/<experiment>/ (see lib/stages/pretrain.py for the layout).
 """
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.experiment = args.experiment or "pretrain"
     run_dir = create_run((args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
     record = run_pretrain(args, dataset, run_dir, backbone, data_config, device)
-    print(f"{args.experiment}: {record['epochs']} epochs of SimCLR on {record['n_cells']} cells (scope "
+    print(f"{args.experiment}: {record['epochs']} epochs of {record['objective']} on {record['n_cells']} cells (scope "
           f"{record['scope']}, {record['precision']}), final loss {record['loss_per_epoch'][-1]:.3f}, "
           f"{record['img_per_s']:.0f} img/s -> {run_dir / ENCODER}")
     return record

@@ -8,7 +8,10 @@ embedding cache under cache/emb/ is shared, so only the first run of a view set 
 and light variants embed their own views: their embedding img/s is measured cold here).
 The default fold seeds exclude 42: the preset's head and augmentation were chosen on seed-42 folds.
 Quality: CV BA at threshold 0.5 and AUC, mean±std over the seeds of the per-seed fold mean.
-Speed: embedding img/s against the 133 GFLOP/s fp32 matmul figure; head training in bags/s; the
+``--config``/``--weights`` run the same variants on another preset or encoder (e.g. configs/cnn_cpu_ssl.yaml and a
+pretrain_cnn.py run's encoder.pth); the ``, no clinical fusion`` variants are image-only, ``, gated fusion`` the
+gate of lib.models.heads.GatedFusion instead of the concatenation.
+Speed: embedding img/s against this machine's measured matmul peak; head training in bags/s; the
 finetune probe trains the backbone end to end for 2 epochs on fold 0 and reports training img/s only.
 """
 import argparse
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
@@ -44,9 +48,16 @@ VARIANTS = {
     "topk": ["--head", "topk", *BAG_SCORED],
     "max": ["--head", "max", *BAG_SCORED],
     "mean, no clinical fusion": ["--head", "mean", "--no-clinical-fusion"],
+    "mean, gated fusion": ["--head", "mean", "--clinical-fusion=gate"],
+    "attention, gated fusion": ["--head", "attention", "--clinical-fusion=gate"],
+    "attention, no clinical fusion": ["--head", "attention", "--no-clinical-fusion"],
+    "instance_bn, no clinical fusion": ["--head", "instance_bn", "--no-clinical-fusion"],
+    "topk, no clinical fusion": ["--head", "topk", "--no-clinical-fusion", *BAG_SCORED],
     "light": ["--head", "mean", "--aug", "light"],
     "random-init": ["--head", "mean", "--weights", "none"],
 }
+IMAGE_ONLY_AND_GATE = ("mean, gated fusion", "attention, gated fusion", "attention, no clinical fusion",
+                       "instance_bn, no clinical fusion", "topk, no clinical fusion")  # asked for by name only
 PROBE = "finetune-probe"
 PROBE_ARGS = ["--regime", "finetune", "--head", "attention", "--epochs", "2", "--folds", "0", "--tta", "0"]
 
@@ -55,8 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--config", type=Path, default=CONFIGS_DIR / "cnn_cpu.yaml")
+    parser.add_argument("--weights", default=None,
+                        help="the config's encoder weights replaced (e.g. a pretrain_cnn.py run's encoder.pth)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds")
-    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, PROBE], choices=[*VARIANTS, PROBE])
+    parser.add_argument("--variants", nargs="+", default=[*(v for v in VARIANTS if v not in IMAGE_ONLY_AND_GATE), PROBE], choices=[*VARIANTS, PROBE])
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
@@ -70,7 +83,8 @@ def run_variant(args, name: str, extra: list[str], seed: int, runs_dir: Path) ->
     """One CV run of a variant; its metrics, timings and settings."""
     experiment = f"heads_{slug(name)}_s{seed}"
     metrics = train_cnn.main(["-c", str(args.config), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
-                              "--fold-seed", str(seed), "--experiment", experiment, "--no-progress", *extra])
+                              "--fold-seed", str(seed), "--experiment", experiment, "--no-progress",
+                              *(["--weights", args.weights] if args.weights else []), *extra])
     return {**metrics, **cnn_run_speed(runs_dir / experiment), "fold_seed": seed}
 
 
@@ -90,6 +104,15 @@ def speed_lines(results: dict[str, list[dict]], n_train: float) -> list[str]:
     return lines
 
 
+def preset_summary(args) -> str:
+    """The preset's backbone, weights, sizes, views, head and fusion, as read from the config (and --weights)."""
+    c = yaml.safe_load(args.config.read_text())
+    fusion = c.get("clinical_fusion")
+    fusion = "no clinical fusion" if fusion in (False, "none") else f"clinical fusion {'concat' if fusion is True else fusion}"
+    return (f"{c['backbone']}, weights {args.weights or c['weights']}, {c['crop']}->{c['input_size']} px, "
+            f"{c['aug']} views x{c['views']}, {c['head']} head, {fusion}")
+
+
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     results: dict[str, list[dict]] = {}
@@ -104,8 +127,8 @@ def main(argv=None) -> list[str]:
             results[name] = [run_variant(args, name, extra, seed, runs_dir) for seed in seeds]
             print(quality_line(name, results[name], wall=True) if name != PROBE else f"{name}: done", flush=True)
     n_train = len(load_dataset(args.data_dir).train) * 4 / 5  # training patients of a 5-fold split
-    lines = [f"- data: {args.data_dir}; preset {args.config.name} (EfficientNet-Lite0 ImageNet, 112 px, heavy views, "
-             f"mean head, clinical fusion) with one option changed per variant; fold seeds "
+    lines = [f"- data: {args.data_dir}; preset {args.config.name} ({preset_summary(args)}) with one option changed "
+             f"per variant; fold seeds "
              f"{', '.join(map(str, args.seeds))}; threshold 0.5; mean±std over seeds of the fold mean",
              f"- clinical (baseline, same folds): BA {mean_std([c['ba_mean'] for c in clinical])}, "
              f"AUC {mean_std([c['auc_mean'] for c in clinical])}"]

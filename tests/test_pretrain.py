@@ -1,5 +1,7 @@
-"""pretrain_cnn.py: SimCLR on a tiny cohort in seconds, label-free, resumable after a kill, loadable by train_cnn.py."""
+"""pretrain_cnn.py: SimCLR and DINO on a tiny cohort in seconds, label-free, resumable after a kill, loadable by
+train_cnn.py."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,8 +14,10 @@ import pytest
 import torch
 from conftest import REPO, cohort_rows, make_2024, write_jpg
 
+import lib.cnn.pretrain
 import pretrain_cnn
 import train_cnn
+from lib.cnn.dino import DinoNet, dino_loss, teacher_momentum
 from lib.cnn.pretrain import nt_xent
 from lib.core.errors import DataError
 
@@ -132,8 +136,58 @@ def test_the_encoder_must_be_used_as_it_was_trained(cohort, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [(("--batch-size", "1000"), "larger than the 108 cells"),
                                             (("--temperature", "0"), "--temperature 0"),
-                                            (("--crop", "40"), "larger than the 32x32 images")])
+                                            (("--crop", "40"), "larger than the 32x32 images"),
+                                            (("--local-crops", "2"), "--local-crops needs --objective dino"),
+                                            (("--objective", "dino", "--ema", "1"), r"--ema 1.0 must be in \[0, 1\)"),
+                                            (("--objective", "dino", "--prototypes", "1"), "--prototypes 1")])
 def test_bad_settings_fail_before_any_work(cohort, tmp_path, extra, message):
     with pytest.raises(DataError, match=message):
         pretrain(cohort, tmp_path, "bad", *extra)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+DINO = ["--objective", "dino", "--local-crops", "2", "--local-size", "12", "--prototypes", "32", "--temperature", "0.1",
+        "--epochs", "2"]
+
+
+def test_dino_loss_is_low_when_the_student_agrees_with_the_teacher():
+    peaked = torch.full((8, 16), -5.0)
+    peaked[:, 3] = 5.0
+    other = torch.roll(peaked, 1, dims=1)
+    center = torch.zeros(16)
+    agree = dino_loss([peaked, peaked, peaked], [peaked, peaked], center, 0.1, 0.04)
+    disagree = dino_loss([other, other, other], [peaked, peaked], center, 0.1, 0.04)
+    assert agree < 0.01 < 10 < disagree
+
+
+def test_the_teacher_moves_towards_the_student_ever_more_slowly():
+    assert teacher_momentum(0.99, 0.0) == pytest.approx(0.99) and teacher_momentum(0.99, 1.0) == 1.0
+    assert teacher_momentum(0.99, 0.3) < teacher_momentum(0.99, 0.7)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    backbone.num_features = 4
+    net = DinoNet(backbone, 8, 4, 6, 0.1, 0.04, 0.5)
+    student, teacher = net.backbone[1].weight, net.teacher_backbone[1].weight
+    assert torch.equal(student, teacher) and not teacher.requires_grad  # the teacher starts as the student
+    with torch.no_grad():
+        student.add_(1.0)
+    before = teacher.clone()
+    net.after_step(0.0)  # momentum 0.5: half way
+    assert torch.allclose(teacher, before + 0.5) and net.encoder() is net.teacher_backbone
+
+
+def test_dino_multi_crop_run_writes_the_teachers_encoder_and_resumes_exactly(cohort, tmp_path, monkeypatch):
+    whole = pretrain(cohort, tmp_path, "dino", *DINO)
+    assert whole["objective"] == "dino" and whole["local_crops"] == 2 and len(whole["loss_per_epoch"]) == 2
+    assert all(math.isfinite(loss) for loss in whole["loss_per_epoch"])
+
+    def die(epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(lib.cnn.pretrain, "after_epoch", die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cohort, tmp_path, "dino_killed", *DINO)
+    monkeypatch.undo()
+    resumed = pretrain(cohort, tmp_path, "dino_killed", *DINO, "--resume")
+    assert resumed["loss_per_epoch"] == whole["loss_per_epoch"]
+    assert same_weights(encoder(tmp_path, "dino"), encoder(tmp_path, "dino_killed"))
+    assert cnn(cohort, tmp_path, "dino_embed", tmp_path / "runs" / "dino" / "encoder.pth")["embedded_images"] > 0

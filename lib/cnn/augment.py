@@ -70,18 +70,19 @@ def create_transform(train: bool, crop: int, strength: str = "light", data_confi
     return A.Compose([*steps, *normalise], seed=seed)
 
 
-def create_contrastive_transform(crop: int, data_config: dict, seed: int | None = None,
-                                 colour: str = "jitter") -> A.Compose:
-    """SimCLR view pipeline uint8 crop -> normalised tensor at the data config's input size.
+def create_contrastive_transform(crop: int, data_config: dict, seed: int | None = None, colour: str = "jitter",
+                                 side: int | None = None, scale: tuple[float, float] = (0.35, 1.0)) -> A.Compose:
+    """Self-supervised view pipeline uint8 crop -> normalised tensor at the data config's input size (or ``side``).
 
     Two independent draws of this pipeline make a positive pair: a random resized crop (the same cell
-    at another scale and position), any dihedral symmetry, colour changes, occasional grey and blur.
+    at another scale and position: ``scale`` of its area), any dihedral symmetry, colour changes, occasional
+    grey and blur. DINO's local views are draws at a smaller ``side`` and ``scale``.
     ``colour``: ``jitter`` follows SimCLR's recipe (brightness, contrast, saturation, a mild hue shift);
     ``stain`` swaps saturation and hue jitter for albumentations' stain augmentation (``HEStain``: the colour
     split into stain concentrations by a randomly chosen stain matrix, each scaled and shifted), the usual
     answer to stain colour that varies by lab and day.
     """
-    side = input_side(data_config)
+    side = side or input_side(data_config)
     if colour == "stain":
         colours = [A.HEStain(method="random_preset", intensity_scale_range=(0.7, 1.3),
                              intensity_shift_range=(-0.2, 0.2), p=0.8),
@@ -91,7 +92,7 @@ def create_contrastive_transform(crop: int, data_config: dict, seed: int | None 
     else:
         raise ValueError(f"colour augmentation {colour!r} is not one of jitter, stain")
     return A.Compose([
-        A.RandomResizedCrop(size=(side, side), scale=(0.35, 1.0), ratio=(0.8, 1.25), p=1.0),
+        A.RandomResizedCrop(size=(side, side), scale=scale, ratio=(0.8, 1.25), p=1.0),
         A.SquareSymmetry(p=1.0),
         *colours,
         A.ToGray(p=0.1),

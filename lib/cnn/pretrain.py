@@ -1,4 +1,5 @@
-"""Self-supervised cell encoder: SimCLR (NT-Xent on two augmented views of every cell), never reading labels.
+"""Self-supervised cell encoder: SimCLR (NT-Xent on two augmented views of every cell) or DINO (lib.cnn.dino:
+self-distillation, multi-crop, no negatives), never reading labels.
 
 Each step takes ``batch_size`` cells of the decoded-image cache, draws two independent views of each
 (lib.cnn.augment.create_contrastive_transform), passes both through backbone + projection MLP and
@@ -33,12 +34,15 @@ from lib.cnn.common import (
     save_training_state,
     seed_everything,
 )
+from lib.cnn.dino import DinoNet
 from lib.core.errors import DataError
 from lib.core.progress import tqdm
 from lib.data.images import ImageCache
+from lib.models.backbones import input_side
 
 log = logging.getLogger(__name__)
 GRAD_CLIP = 3.0
+LOCAL_SCALE = (0.1, 0.4)  # DINO's local views: this fraction of the cell's area (the global ones: 0.35-1)
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,38 @@ class PretrainSettings:
     seed: int
     progress: bool
     colour: str = "jitter"
+    objective: str = "simclr"  # or "dino" (lib.cnn.dino; ``temperature`` is then the student's)
+    local_crops: int = 0  # DINO's small views per cell, beside the two global ones
+    local_size: int = 0  # their side in pixels (0: half the input side)
+    prototypes: int = 1024
+    teacher_temperature: float = 0.04
+    ema: float = 0.99  # the teacher's EMA momentum at the start (rises to 1)
 
 
 class SimCLRNet(nn.Module):
     """Backbone (cells -> pooled features) and the projection MLP the contrastive loss is computed on."""
 
-    def __init__(self, backbone: nn.Module, hidden_dim: int, proj_dim: int) -> None:
+    def __init__(self, backbone: nn.Module, hidden_dim: int, proj_dim: int, temperature: float) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = nn.Sequential(nn.Linear(backbone.num_features, hidden_dim), nn.BatchNorm1d(hidden_dim),
                                        nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
+        self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
+
+    def loss(self, views: list[torch.Tensor], autocast) -> torch.Tensor:
+        """NT-Xent of the two views of a batch."""
+        with autocast():
+            z = self(torch.cat(views))
+        return nt_xent(*z.float().chunk(2), self.temperature)
+
+    def after_step(self, progress: float) -> None:
+        """Nothing to do after an optimiser step (DINO moves its teacher here)."""
+
+    def encoder(self) -> nn.Module:
+        return self.backbone
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -98,7 +121,7 @@ def epoch_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> l
 class Pretrainer:
     """Model, optimiser and fixed inputs of one pretraining run."""
 
-    model: SimCLRNet
+    model: SimCLRNet | DinoNet
     cache: ImageCache
     data_config: dict
     s: PretrainSettings
@@ -111,25 +134,32 @@ class Pretrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, self.s.epochs * self.steps_per_epoch, warmup=0.05)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.transform = create_contrastive_transform(self.cache.array.shape[1], self.data_config, colour=self.s.colour)
+        crop = self.cache.array.shape[1]
+        self.transform = create_contrastive_transform(crop, self.data_config, colour=self.s.colour)
+        self.local_transform = create_contrastive_transform(crop, self.data_config, colour=self.s.colour,
+                                                            side=local_side(self.s, self.data_config), scale=LOCAL_SCALE)
 
-    def views(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two independently augmented views of the cells, channels_last on the device."""
+    def views(self, rows: np.ndarray) -> list[torch.Tensor]:
+        """Two independently augmented global views of the cells, then the local ones; channels_last on the device."""
         images = self.cache.array[rows]
         to = dict(device=self.device, memory_format=torch.channels_last)
-        return apply_batch(self.transform, images).to(**to), apply_batch(self.transform, images).to(**to)
+        transforms = [self.transform] * 2 + [self.local_transform] * self.s.local_crops
+        return [apply_batch(t, images).to(**to) for t in transforms]
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def step(self, rows: np.ndarray) -> float:
-        """One optimisation step on a batch of cells; returns the loss."""
-        x1, x2 = self.views(rows)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            z = self.model(torch.cat([x1, x2]))
-        return optimizer_step(nt_xent(*z.float().chunk(2), self.s.temperature), self, GRAD_CLIP)
+        """One optimisation step on a batch of cells (then the objective's own update); returns the loss."""
+        loss = optimizer_step(self.model.loss(self.views(rows), self.autocast), self, GRAD_CLIP)
+        self.model.after_step(self.scheduler.last_epoch / (self.s.epochs * self.steps_per_epoch))
+        return loss
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the cells; returns the log row (epoch, loss, lr, seconds, img/s)."""
         self.model.train()
         self.transform.set_random_seed(fold_seed(self.s.seed, 1, epoch))
+        self.local_transform.set_random_seed(fold_seed(self.s.seed, 2, epoch))
         start, lr, losses = time.perf_counter(), self.optimizer.param_groups[0]["lr"], []
         batches = epoch_batches(self.rows, self.s.batch_size, self.s.seed, epoch)
         bar = tqdm(batches, desc=f"pretrain epoch {epoch}", unit="batch", leave=False, disable=not self.s.progress)
@@ -164,7 +194,7 @@ def pretrain(trainer: Pretrainer, last: Path) -> pd.DataFrame:
         history.append(trainer.train_epoch(epoch))
         save_training_state(trainer, epoch, history, last)
         row = history[-1]
-        log.info("epoch %d: NT-Xent %.4f, lr %.2e, %.0f s (%.0f img/s)", epoch, row["loss"], row["lr"],
+        log.info("epoch %d: %s loss %.4f, lr %.2e, %.0f s (%.0f img/s)", epoch, s.objective, row["loss"], row["lr"],
                  row["seconds"], row["img_per_s"])
         after_epoch(epoch)
     return pd.DataFrame(history, columns=["epoch", "loss", "lr", "seconds", "img_per_s"])
@@ -174,8 +204,16 @@ def build_pretrainer(backbone: nn.Module, cache: ImageCache, data_config: dict, 
                      device: torch.device, dtype: torch.dtype | None) -> Pretrainer:
     """A fresh projection head on the backbone (seeded), moved to the device."""
     torch.manual_seed(s.seed)
-    model = SimCLRNet(backbone, s.hidden_dim, s.proj_dim).to(device, memory_format=torch.channels_last)
-    return Pretrainer(model, cache, data_config, s, device, dtype)
+    if s.objective == "dino":
+        model = DinoNet(backbone, s.hidden_dim, s.proj_dim, s.prototypes, s.temperature, s.teacher_temperature, s.ema)
+    else:
+        model = SimCLRNet(backbone, s.hidden_dim, s.proj_dim, s.temperature)
+    return Pretrainer(model.to(device, memory_format=torch.channels_last), cache, data_config, s, device, dtype)
+
+
+def local_side(s: PretrainSettings, data_config: dict) -> int:
+    """The side of DINO's local views: as set, else half the network input."""
+    return s.local_size or max(8, input_side(data_config) // 2)
 
 
 def encoder_record_path(weights: Path) -> Path:

@@ -15,6 +15,7 @@ from lib.data.clinical import CLINICAL_FEATURES
 STRENGTHS = ("light", "heavy")  # augmentation presets (lib.cnn.augment)
 MAX_TTA = 7  # the 7 non-identity dihedral symmetries of a square
 COLOURS = ("jitter", "stain")  # colour augmentation of the SimCLR views (lib.cnn.augment)
+OBJECTIVES = ("simclr", "dino")  # self-supervised objectives of pretrain_cnn.py (lib.cnn.pretrain, lib.cnn.dino)
 SCOPES = ("all", "train")  # pretraining cells: train + test (transductive), or training patients only
 
 

@@ -12,7 +12,7 @@ import math
 
 import yaml
 
-from lib.cnn.settings import COLOURS, MAX_TTA, SCOPES, STRENGTHS, clinical_fusion_arg
+from lib.cnn.settings import COLOURS, MAX_TTA, OBJECTIVES, SCOPES, STRENGTHS, clinical_fusion_arg
 from lib.core.config import common_problems
 from lib.core.errors import raise_first
 from lib.features.tables import FEATURE_SETS
@@ -142,9 +142,16 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     a("--batch-size", type=int, default=256, help="cells per step (2 views each)")
     a("--lr", type=float, default=2e-3)
     a("--weight-decay", type=float, default=1e-4)
-    a("--temperature", type=float, default=0.2, help="NT-Xent temperature")
-    a("--proj-dim", type=int, default=128, help="projection output size")
+    a("--objective", choices=OBJECTIVES, default="simclr",
+      help="simclr (contrastive, needs large batches) or dino (self-distillation, no negatives, multi-crop)")
+    a("--temperature", type=float, default=0.2, help="NT-Xent temperature (dino: the student's, e.g. 0.1)")
+    a("--proj-dim", type=int, default=128, help="projection output size (dino: the head's bottleneck)")
     a("--hidden-dim", type=int, default=512, help="projection hidden size")
+    a("--local-crops", type=int, default=0, help="dino: small views per cell beside the two global ones")
+    a("--local-size", type=int, default=0, help="dino: side of the local views in pixels (0: half the input)")
+    a("--prototypes", type=int, default=1024, help="dino: output prototypes of the head")
+    a("--teacher-temperature", type=float, default=0.04, help="dino: the teacher's sharpening temperature")
+    a("--ema", type=float, default=0.99, help="dino: the teacher's EMA momentum at the start (rises to 1)")
     a("--device", default="auto", help="auto, cpu or cuda[:N]")
     a("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
       help="autocast: auto = bf16 on CUDA (fp16 if unsupported) and on CPUs with native bf16, else fp32")
@@ -161,7 +168,20 @@ def check_pretrain_ranges(args: argparse.Namespace) -> None:
                  (not positive(args.temperature), f"--temperature {args.temperature} must be a finite number > 0"),
                  (not positive(args.lr), f"--lr {args.lr} must be a finite number > 0"),
                  (not non_negative(args.weight_decay), f"--weight-decay {args.weight_decay} must be a finite number >= 0"),
-                 (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1")])
+                 (args.proj_dim < 1 or args.hidden_dim < 1, "--proj-dim and --hidden-dim must be >= 1"),
+                 *dino_problems(args)])
+
+
+def dino_problems(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """The DINO options in range, and none of them given to SimCLR (which would ignore them)."""
+    dino = args.objective == "dino"
+    return [(args.local_crops < 0, f"--local-crops {args.local_crops} must be >= 0"),
+            (not dino and args.local_crops > 0, "--local-crops needs --objective dino (SimCLR takes two views)"),
+            (args.local_size != 0 and args.local_size < 8, f"--local-size {args.local_size} must be 0 or >= 8"),
+            (args.prototypes < 2, f"--prototypes {args.prototypes} must be >= 2"),
+            (not positive(args.teacher_temperature),
+             f"--teacher-temperature {args.teacher_temperature} must be a finite number > 0"),
+            (not (math.isfinite(args.ema) and 0 <= args.ema < 1), f"--ema {args.ema} must be in [0, 1)")]
 
 
 def add_clinical_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from lib.stages.options import check_pretrain_ranges
 
 log = logging.getLogger(__name__)
 ENCODER = "encoder.pth"
+OBJECTIVE_NAMES = {"simclr": "SimCLR (NT-Xent)", "dino": "DINO"}
 
 
 def pretrain_settings(args: argparse.Namespace) -> PretrainSettings:
@@ -41,7 +42,9 @@ def pretrain_settings(args: argparse.Namespace) -> PretrainSettings:
     return PretrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                             temperature=args.temperature, proj_dim=args.proj_dim, hidden_dim=args.hidden_dim,
                             scope=args.scope, seed=args.seed, progress=args.progress,
-                            colour=args.colour or "jitter")
+                            colour=args.colour or "jitter", objective=args.objective, local_crops=args.local_crops,
+                            local_size=args.local_size, prototypes=args.prototypes,
+                            teacher_temperature=args.teacher_temperature, ema=args.ema)
 
 
 def check_options(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, torch.device]:
@@ -81,11 +84,13 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
              len(trainer.rows), args.scope, trainer.steps_per_epoch, precision_name(dtype))
     start = time.perf_counter()
     history = pretrain(trainer, run_dir / "last.pt")
-    encoder = trainer.model.backbone.float().cpu()
+    encoder = trainer.model.encoder().float().cpu()
     atomic_torch_save(encoder.state_dict(), run_dir / ENCODER)
     atomic_write_csv(history, run_dir / "log.csv")
-    plot_loss(history, run_dir / "loss.png", f"SimCLR {args.backbone}, {args.crop}->{input_side(data_config)} px")
-    record = {"objective": "simclr", "backbone": args.backbone, "init_weights": args.weights, "crop": args.crop,
+    plot_loss(history, run_dir / "loss.png", f"{OBJECTIVE_NAMES[args.objective]} {args.backbone}, "
+              f"{args.crop}->{input_side(data_config)} px", f"{OBJECTIVE_NAMES[args.objective]} loss")
+    record = {"objective": args.objective, **objective_record(trainer.s), "backbone": args.backbone,
+              "init_weights": args.weights, "crop": args.crop,
               "input_size": input_side(data_config), "mean": list(data_config["mean"]), "std": list(data_config["std"]),
               "scope": args.scope, "colour": trainer.s.colour, "n_cells": int(len(trainer.rows)),
               "cells_fingerprint": cells_fingerprint(cache, trainer.rows), "epochs": args.epochs,
@@ -100,12 +105,20 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     return record
 
 
-def plot_loss(history: pd.DataFrame, path: Path, title: str) -> Path:
-    """NT-Xent loss per epoch, with training img/s on a second axis."""
+def objective_record(s) -> dict:
+    """The objective's own settings for encoder.json (DINO's; SimCLR's temperature is recorded for both)."""
+    if s.objective != "dino":
+        return {}
+    return {"local_crops": s.local_crops, "local_size": s.local_size, "prototypes": s.prototypes,
+            "teacher_temperature": s.teacher_temperature, "ema": s.ema}
+
+
+def plot_loss(history: pd.DataFrame, path: Path, title: str, ylabel: str = "NT-Xent loss") -> Path:
+    """The loss per epoch, with training img/s on a second axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(history["epoch"] + 1, history["loss"], "o-", color="tab:blue", ms=3)
-    ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     speed = ax.twinx()
     speed.plot(history["epoch"] + 1, history["img_per_s"], color="tab:grey", lw=0.8, ls="--")
     speed.set_ylabel("training img/s (dashed)", color="tab:grey")

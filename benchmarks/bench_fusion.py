@@ -1,0 +1,94 @@
+"""Benchmark: how the CNN-MIL model takes the clinical values (none, concatenated, gated), alone and in the blend.
+
+Usage: python benchmarks/bench_fusion.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+       [--heads mean attention] [--trials 100] [--runs-dir DIR] [--no-append]
+On every fold seed: the clinical model and clinical + morphometry (train_clinical.py), then train_cnn.py's CPU
+preset (configs/cnn_cpu.yaml: frozen ImageNet Lite0, embed regime) for each head with ``--clinical-fusion``
+none, concat (the default pipeline's) and gate (an image expert and a clinical expert mixed by a gate on the
+clinical values, lib.models.heads.GatedFusion); then, per fusion, the default pipeline's blend (clinical,
+morphometry and the CNN heads of that fusion) scored honestly by ensemble.py's nested estimate (fusion and
+threshold tuned on k-1 folds, scored on the k-th). The default fold seeds exclude 42 (the presets' seed).
+Quality: CV BA at 0.5 and AUC, mean±std over the seeds of the per-seed fold mean; blends: nested BA and AUC.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train_clinical  # noqa: E402
+import train_cnn  # noqa: E402
+from benchmarks.bench_ssl import blend  # noqa: E402
+from benchmarks.common import bench_runs_dir, publish, quality_line  # noqa: E402
+from lib.core.metrics import mean_std  # noqa: E402
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+
+FUSIONS = {"none": "--no-clinical-fusion", "concat": "--clinical-fusion=concat", "gate": "--clinical-fusion=gate"}
+CLINICAL_SETS = ("clinical", "clinical+morpho")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds")
+    parser.add_argument("--heads", nargs="+", default=["mean", "attention"], help="MIL heads (the pipeline's two)")
+    parser.add_argument("--trials", type=int, default=100, help="ensemble study trials (nested: the same)")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--no-append", action="store_true")
+    return parser.parse_args(argv)
+
+
+def clinical_run(args, runs_dir: Path, feature_set: str, seed: int) -> dict:
+    name = f"fusion_{feature_set.replace('+', '_')}_s{seed}"
+    metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
+                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set])
+    return {**metrics, "run": runs_dir / name}
+
+
+def cnn_run(args, runs_dir: Path, head: str, fusion: str, seed: int) -> dict:
+    name = f"fusion_{head}_{fusion}_s{seed}"
+    metrics = train_cnn.main(["-c", str(CONFIGS_DIR / "cnn_cpu.yaml"), "--data-dir", str(args.data_dir),
+                              "--runs-dir", str(runs_dir), "--fold-seed", str(seed), "--experiment", name,
+                              "--head", head, FUSIONS[fusion], "--no-progress"])
+    return {**metrics, "run": runs_dir / name}
+
+
+def run_seed(args, runs_dir: Path, seed: int) -> tuple[dict, dict, dict]:
+    """One fold seed: the clinical runs, every head x fusion, and one blend per fusion."""
+    clinical = {fs: clinical_run(args, runs_dir, fs, seed) for fs in CLINICAL_SETS}
+    cnn = {(head, fusion): cnn_run(args, runs_dir, head, fusion, seed) for fusion in FUSIONS for head in args.heads}
+    blends = {fusion: blend(args, runs_dir, f"fusion_blend_{fusion}_s{seed}",
+                            [c["run"] for c in clinical.values()] + [cnn[(h, fusion)]["run"] for h in args.heads])
+              for fusion in FUSIONS}
+    return clinical, cnn, blends
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    per_seed = []
+    with bench_runs_dir(args.runs_dir, "bench_fusion_") as runs_dir:
+        for seed in args.seeds:
+            per_seed.append(run_seed(args, runs_dir, seed))
+            print(f"fold seed {seed}: done", flush=True)
+    lines = [f"- data: {args.data_dir}; CNN preset configs/cnn_cpu.yaml (frozen ImageNet Lite0, 112 px, heavy views, "
+             f"40 epochs) with --head and --clinical-fusion changed; fold seeds {', '.join(map(str, args.seeds))}; "
+             f"models: BA at 0.5 and AUC, mean±std over seeds of the fold mean; blends: ensemble.py's nested "
+             f"estimate ({args.trials} trials per fold)"]
+    lines += [quality_line(fs, [s[0][fs] for s in per_seed]) for fs in CLINICAL_SETS]
+    lines += [quality_line(f"cnn {head}, fusion {fusion}", [s[1][(head, fusion)] for s in per_seed], wall=True)
+              for head in args.heads for fusion in FUSIONS]
+    for fusion in FUSIONS:
+        nested = [s[2][fusion] for s in per_seed]
+        ba = [n["ba_mean"] for n in nested]
+        lines.append(f"- blend clinical + morphometry + cnn {' + '.join(args.heads)} (fusion {fusion}): nested BA "
+                     f"{mean_std(ba)}, AUC {mean_std([n['auc'] for n in nested])} "
+                     f"(per seed BA {', '.join(f'{v:.3f}' for v in ba)})")
+    lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
+    publish("Clinical fusion of the CNN-MIL model: none, concat, gate (issue 21 item 5)", lines, __file__, argv,
+            append=not args.no_append)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
