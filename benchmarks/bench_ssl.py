@@ -146,7 +146,10 @@ def result_lines(args, runs_dir: Path, ssl_dir: Path, clinical: list[dict], cnn:
     for name, nested in blends.items():
         if nested:
             values = [n["ba_mean"] for n in nested]
-            lines.append(f"- blend {name} (honest nested BA): {mean_std(values)} (per seed {', '.join(f'{v:.3f}' for v in values)})")
+            tuned = [n["threshold_policies"]["tuned"]["ba_mean"] for n in nested]
+            lines.append(f"- blend {name} (honest nested BA at threshold {nested[0]['threshold_policy']}): "
+                         f"{mean_std(values)}, AUC {mean_std([n['auc'] for n in nested])} (per seed "
+                         f"{', '.join(f'{v:.3f}' for v in values)}; at the searched threshold {mean_std(tuned)})")
     return lines + bagging_lines(clinical, cnn, runs_dir)
 
 
