@@ -189,7 +189,7 @@ def main(argv=None) -> list[str]:
     for name, r in results.items():
         rec = r["record"]
         lines.append(f"- {name} (`{' '.join(RECIPES[name][1:]) or 'preset'}` on {Path(RECIPES[name][0]).name}): "
-                     f"probe {rates[name]:.0f} cells/s -> {rec['epochs']} epochs, {rec['seconds'] / 60:.1f} min of "
+                     f"{f'probe {rates[name]:.0f} cells/s -> ' if args.epochs is None else ''}{rec['epochs']} epochs, {rec['seconds'] / 60:.1f} min of "
                      f"epochs, {rec['img_per_s']:.0f} img/s, {rec['precision']}, final loss {rec['loss_per_epoch'][-1]:.3f}")
         lines.append(quality_line(f"{name}, mean head, image-only", r["cnn"]).replace("- ", "  - ", 1))
         lines.append(quality_line(f"{name}, pooled mean PCA8, image-only", r["pooled"]).replace("- ", "  - ", 1))

@@ -58,15 +58,19 @@ def published(text: str) -> dict:
 def plot(points: list[dict], clinical: list[float], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = {}
-    for p in sorted(points, key=lambda p: p["epochs"]):
+    colours, placed = {}, {}
+    for p in sorted(points, key=lambda p: (p["epochs"], p["auc"])):
         colour = colours.setdefault(p["label"].split(" (")[0], f"C{len(colours)}")
         ax.errorbar(p["epochs"], p["auc"], yerr=p["std"], fmt="o", capsize=3, color=colour,
                     mfc="none" if p["published"] else colour)
-        ax.annotate(p["label"], (p["epochs"], p["auc"]), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        stacked = placed[p["epochs"]] = placed.get(p["epochs"], -1) + 1  # labels of one budget one above another
+        ax.annotate(p["label"], (p["epochs"], p["auc"]), textcoords="offset points", xytext=(7, -3 + 11 * stacked),
+                    fontsize=7, color=colour)
     if clinical:
         ax.axhline(np.mean(clinical), color="grey", ls="--", lw=1, label=f"clinical model {np.mean(clinical):.3f}")
         ax.legend(fontsize=8, loc="upper left")
+    ax.text(0.99, 0.02, "filled: runs read here; hollow: published numbers (--point)", transform=ax.transAxes,
+            ha="right", va="bottom", fontsize=7, color="grey")
     epochs = sorted({p["epochs"] for p in points})
     ax.set_xscale("log", base=2)
     ax.set_xticks(epochs, [str(e) for e in epochs])
