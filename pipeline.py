@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "configs/cnn_cpu_ssl.yaml)")
     parser.add_argument("--pretrain-config", type=Path, default=None,
                         help="first learn a self-supervised cell encoder with pretrain_cnn.py and this preset (e.g. "
-                             "configs/pretrain_cpu.yaml, ~25 min on the shared data), then embed the cells with it")
+                             "configs/pretrain_cpu.yaml, ~25 min on the shared data with native bf16, ~1 h in fp32 "
+                             "on AVX2), then embed the cells with it")
     parser.add_argument("--with-finetune", nargs="?", type=Path, const=FINETUNE_CONFIG, default=None, metavar="CONFIG",
                         help="add a CNN fine-tuned end to end to the blend (train_cnn.py --regime finetune preset; "
                              f"the flag alone: {FINETUNE_CONFIG.relative_to(REPO_DIR)}, initialised from the --pretrain-config encoder; "
