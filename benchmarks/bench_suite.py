@@ -18,7 +18,7 @@ from benchmarks.common import machine, publish  # noqa: E402
 from lib.core.paths import REPO_DIR  # noqa: E402
 
 TARGET_S, BOUND_S = 120, 150
-SUMMARY = re.compile(r"=+ (.*?) in ([0-9.]+)s")
+SUMMARY = re.compile(r"^=*\s*(\d+ passed.*?) in ([0-9.]+)s", re.M)  # '-q': no '=' around the closing line
 DURATION = re.compile(r"^\s*([0-9.]+)s (call|setup|teardown)\s+(\S+)", re.M)
 
 
