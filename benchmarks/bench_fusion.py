@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
 from benchmarks.bench_ssl import blend  # noqa: E402
-from benchmarks.common import bench_runs_dir, publish, quality_line  # noqa: E402
+from benchmarks.common import bench_runs_dir, cnn_run_speed, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 
@@ -51,7 +51,7 @@ def cnn_run(args, runs_dir: Path, head: str, fusion: str, seed: int) -> dict:
     metrics = train_cnn.main(["-c", str(CONFIGS_DIR / "cnn_cpu.yaml"), "--data-dir", str(args.data_dir),
                               "--runs-dir", str(runs_dir), "--fold-seed", str(seed), "--experiment", name,
                               "--head", head, FUSIONS[fusion], "--no-progress"])
-    return {**metrics, "run": runs_dir / name}
+    return {**metrics, **cnn_run_speed(runs_dir / name), "run": runs_dir / name}
 
 
 def run_seed(args, runs_dir: Path, seed: int) -> tuple[dict, dict, dict]:
