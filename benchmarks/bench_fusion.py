@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from benchmarks.bench_ssl import blend  # noqa: E402
+from benchmarks.bench_ssl import blend, clinical_run  # noqa: E402
 from benchmarks.common import bench_runs_dir, cnn_run_speed, publish, quality_line  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
@@ -39,13 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def clinical_run(args, runs_dir: Path, feature_set: str, seed: int) -> dict:
-    name = f"fusion_{feature_set.replace('+', '_')}_s{seed}"
-    metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
-                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set])
-    return {**metrics, "run": runs_dir / name}
-
-
 def cnn_run(args, runs_dir: Path, head: str, fusion: str, seed: int) -> dict:
     name = f"fusion_{head}_{fusion}_s{seed}"
     metrics = train_cnn.main(["-c", str(CONFIGS_DIR / "cnn_cpu.yaml"), "--data-dir", str(args.data_dir),
@@ -56,7 +48,7 @@ def cnn_run(args, runs_dir: Path, head: str, fusion: str, seed: int) -> dict:
 
 def run_seed(args, runs_dir: Path, seed: int) -> tuple[dict, dict, dict]:
     """One fold seed: the clinical runs, every head x fusion, and one blend per fusion."""
-    clinical = {fs: clinical_run(args, runs_dir, fs, seed) for fs in CLINICAL_SETS}
+    clinical = {fs: clinical_run(args, runs_dir, seed, fs, prefix="fusion") for fs in CLINICAL_SETS}
     cnn = {(head, fusion): cnn_run(args, runs_dir, head, fusion, seed) for fusion in FUSIONS for head in args.heads}
     blends = {fusion: blend(args, runs_dir, f"fusion_blend_{fusion}_s{seed}",
                             [c["run"] for c in clinical.values()] + [cnn[(h, fusion)]["run"] for h in args.heads])

@@ -34,6 +34,7 @@ from benchmarks.common import (  # noqa: E402
     publish,
     quality_line,
 )
+from lib.cnn.settings import clinical_fusion_arg, clinical_inputs  # noqa: E402
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.data.dataset import load_dataset  # noqa: E402
@@ -107,8 +108,8 @@ def speed_lines(results: dict[str, list[dict]], n_train: float) -> list[str]:
 def preset_summary(args) -> str:
     """The preset's backbone, weights, sizes, views, head and fusion, as read from the config (and --weights)."""
     c = yaml.safe_load(args.config.read_text())
-    fusion = c.get("clinical_fusion")
-    fusion = "no clinical fusion" if fusion in (False, "none") else f"clinical fusion {'concat' if fusion is True else fusion}"
+    fusion = clinical_fusion_arg(c["clinical_fusion"])  # the options' own reading of every spelling
+    fusion = f"clinical fusion {clinical_inputs(fusion)[1]}" if fusion else "no clinical fusion"
     return (f"{c['backbone']}, weights {args.weights or c['weights']}, {c['crop']}->{c['input_size']} px, "
             f"{c['aug']} views x{c['views']}, {c['head']} head, {fusion}")
 

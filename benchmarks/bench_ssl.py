@@ -64,8 +64,9 @@ def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion
     return {**metrics, "run": runs_dir / name}
 
 
-def clinical_run(args, runs_dir: Path, seed: int, feature_set: str) -> dict:
-    name = f"ssl_bench_{feature_set.replace('+', '_')}_s{seed}"
+def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str = "ssl_bench") -> dict:
+    """One 5-fold CV of train_clinical.py on a feature set, named ``<prefix>_<feature set>_s<seed>``; its metrics."""
+    name = f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
     metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
                                    str(runs_dir), "--experiment", name, "--feature-set", feature_set])
     return {**metrics, "run": runs_dir / name}
