@@ -19,8 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_cnn  # noqa: E402
 from benchmarks.bench_ssl import blend, clinical_run  # noqa: E402
-from benchmarks.common import bench_runs_dir, cnn_run_speed, publish, quality_line  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
+from benchmarks.common import blend_line, cnn_run_speed, over_seeds, publish, quality_line  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 
 FUSIONS = {"none": "--no-clinical-fusion", "concat": "--clinical-fusion=concat", "gate": "--clinical-fusion=gate"}
@@ -58,11 +57,7 @@ def run_seed(args, runs_dir: Path, seed: int) -> tuple[dict, dict, dict]:
 
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
-    per_seed = []
-    with bench_runs_dir(args.runs_dir, "bench_fusion_") as runs_dir:
-        for seed in args.seeds:
-            per_seed.append(run_seed(args, runs_dir, seed))
-            print(f"fold seed {seed}: done", flush=True)
+    per_seed = over_seeds(args, "bench_fusion_", run_seed)
     lines = [f"- data: {args.data_dir}; CNN preset configs/cnn_cpu.yaml (frozen ImageNet Lite0, 112 px, heavy views, "
              f"40 epochs) with --head and --clinical-fusion changed; fold seeds {', '.join(map(str, args.seeds))}; "
              f"models: BA at 0.5 and AUC, mean±std over seeds of the fold mean; blends: ensemble.py's nested "
@@ -70,12 +65,8 @@ def main(argv=None) -> list[str]:
     lines += [quality_line(fs, [s[0][fs] for s in per_seed]) for fs in CLINICAL_SETS]
     lines += [quality_line(f"cnn {head}, fusion {fusion}", [s[1][(head, fusion)] for s in per_seed], wall=True)
               for head in args.heads for fusion in FUSIONS]
-    for fusion in FUSIONS:
-        nested = [s[2][fusion] for s in per_seed]
-        ba = [n["ba_mean"] for n in nested]
-        lines.append(f"- blend clinical + morphometry + cnn {' + '.join(args.heads)} (fusion {fusion}): nested BA "
-                     f"{mean_std(ba)}, AUC {mean_std([n['auc'] for n in nested])} "
-                     f"(per seed BA {', '.join(f'{v:.3f}' for v in ba)})")
+    lines += [blend_line(f"clinical + morphometry + cnn {' + '.join(args.heads)} (fusion {fusion})",
+                         [s[2][fusion] for s in per_seed]) for fusion in FUSIONS]
     lines.append(f"- torch intra-op threads: {torch.get_num_threads()}; GPU: none on this machine")
     publish("Clinical fusion of the CNN-MIL model: none, concat, gate (issue 21 item 5)", lines, __file__, argv,
             append=not args.no_append)

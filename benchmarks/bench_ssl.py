@@ -24,8 +24,7 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from benchmarks.common import bagged_line, bench_runs_dir, matmul_gflops, publish, quality_line  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
+from benchmarks.common import bagged_line, bench_runs_dir, blend_line, matmul_gflops, publish, quality_line  # noqa: E402
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
 from lib.stages.bagging import bag_runs  # noqa: E402
@@ -64,11 +63,12 @@ def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion
     return {**metrics, "run": runs_dir / name}
 
 
-def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str = "ssl_bench") -> dict:
-    """One 5-fold CV of train_clinical.py on a feature set, named ``<prefix>_<feature set>_s<seed>``; its metrics."""
+def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str = "ssl_bench", extra=()) -> dict:
+    """One 5-fold CV of train_clinical.py on a feature set (``extra``: more options), named
+    ``<prefix>_<feature set>_s<seed>``; its metrics."""
     name = f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
     metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
-                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set])
+                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set, *extra])
     return {**metrics, "run": runs_dir / name}
 
 
@@ -144,13 +144,7 @@ def result_lines(args, runs_dir: Path, ssl_dir: Path, clinical: list[dict], cnn:
              *speed_lines(record, ssl_dir), quality_line("clinical (baseline, same folds)", clinical)]
     for (encoder, head, fusion), runs in cnn.items():
         lines.append(quality_line(f"{encoder} frozen, {head} head, {'with clinical fusion' if fusion else 'image-only'}", runs))
-    for name, nested in blends.items():
-        if nested:
-            values = [n["ba_mean"] for n in nested]
-            tuned = [n["threshold_policies"]["tuned"]["ba_mean"] for n in nested]
-            lines.append(f"- blend {name} (honest nested BA at threshold {nested[0]['threshold_policy']}): "
-                         f"{mean_std(values)}, AUC {mean_std([n['auc'] for n in nested])} (per seed "
-                         f"{', '.join(f'{v:.3f}' for v in values)}; at the searched threshold {mean_std(tuned)})")
+    lines += [blend_line(name, nested) for name, nested in blends.items() if nested]
     return lines + bagging_lines(clinical, cnn, runs_dir)
 
 

@@ -103,6 +103,17 @@ def bench_runs_dir(chosen: Path | None, prefix: str):
         yield Path(tmp)
 
 
+def over_seeds(args, prefix: str, run_seed) -> list:
+    """``run_seed(args, runs_dir, seed)`` for every fold seed of ``args.seeds`` in the benchmark's runs directory
+    (``args.runs_dir``, or a temporary one); the list of its results."""
+    per_seed = []
+    with bench_runs_dir(args.runs_dir, prefix) as runs_dir:
+        for seed in args.seeds:
+            per_seed.append(run_seed(args, runs_dir, seed))
+            print(f"fold seed {seed}: done", flush=True)
+    return per_seed
+
+
 def quality_line(name: str, runs: list[dict], wall: bool = False) -> str:
     """'- name: BA m±s, AUC m±s (per seed BA ...)' from the metrics.json of one run per fold seed.
 
@@ -111,6 +122,16 @@ def quality_line(name: str, runs: list[dict], wall: bool = False) -> str:
     ba, auc = [r["ba_mean"] for r in runs], [r["auc_mean"] for r in runs]
     line = f"- {name}: BA {mean_std(ba)}, AUC {mean_std(auc)} (per seed BA {', '.join(f'{v:.3f}' for v in ba)})"
     return line + (f"; {np.mean([r['total_seconds'] for r in runs]):.0f} s per 5-fold run" if wall else "")
+
+
+def blend_line(name: str, nested: list[dict]) -> str:
+    """'- blend name: nested BA m±s, AUC m±s (per seed BA ...; at the searched threshold m±s)' from ensemble.py's
+    nested estimates, one per fold seed (its threshold policy, and the BA had the threshold been searched)."""
+    ba = [n["ba_mean"] for n in nested]
+    searched = [n["threshold_policies"]["tuned"]["ba_mean"] for n in nested]
+    return (f"- blend {name}: nested BA {mean_std(ba)} at threshold {nested[0]['threshold_policy']}, AUC "
+            f"{mean_std([n['auc'] for n in nested])} (per seed BA {', '.join(f'{v:.3f}' for v in ba)}; at the "
+            f"searched threshold {mean_std(searched)})")
 
 
 # ----------------------------------------------------------------------------- CNN throughput figures

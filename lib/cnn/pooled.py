@@ -2,7 +2,7 @@
 pooled into one row per patient, and the fold-fitted models that read those rows.
 
 Poolings (per patient, over its cells): ``mean`` (the embedding mean), ``quantiles`` (per-dimension 10/50/90th
-percentiles beside the mean), and ``clusters`` (the proportions of the patient's cells in each of k clusters of
+percentiles beside the mean; ``encoder_table`` gives either to the clinical stage's ``clinical+encoder`` set), and ``clusters`` (the proportions of the patient's cells in each of k clusters of
 the training patients' cells: what a haematologist counts). The models are class-balanced logistic
 regressions with C chosen by inner CV (lib.models.clinical's estimator): image rows standardised and
 reduced to a few principal components inside each training fold, optionally beside the three clinical
@@ -19,6 +19,7 @@ import torch
 
 from lib.cnn.device import autocast_dtype
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
+from lib.core.errors import DataError
 from lib.data.dataset import Dataset
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 
@@ -31,6 +32,7 @@ class CellEmbeddings:
 
     ids: np.ndarray
     array: np.ndarray
+    weights_tag: str = ""  # the encoder's content tag (lib.models.backbones.weights_tag)
 
     def of(self, pids) -> dict[str, np.ndarray]:
         """Each patient's (n_cells, dim) block."""
@@ -49,7 +51,24 @@ def encoder_embeddings(dataset: Dataset, backbone: str, weights: str, crop: int,
                      precision_name(dtype), code_tag())
     emb = compute_embeddings(dataset, spec, EmbedJob(model, data_config, device, dtype, 128, progress), cache_dir,
                              views=["v0"])
-    return CellEmbeddings(emb.index["ID"].astype(str).to_numpy(), emb.arrays["v0"].astype(np.float32))
+    return CellEmbeddings(emb.index["ID"].astype(str).to_numpy(), emb.arrays["v0"].astype(np.float32),
+                          spec.weights_tag)
+
+
+def encoder_table(dataset: Dataset, weights: Path, pooling: str, cache_dir: Path, prefix: str,
+                  progress: bool = True) -> tuple[pd.DataFrame, str]:
+    """The pooled cells of a pretrained encoder (``weights``: a pretrain_cnn.py run's encoder.pth, its backbone,
+    crop and input size read from the encoder.json beside it), one row per patient with columns ``<prefix>*``;
+    and the encoder's content tag."""
+    from lib.cnn.pretrain import encoder_record
+    record = encoder_record(Path(weights))
+    if record is None:
+        raise DataError(f"{weights}: no encoder.json beside it (a finished pretrain_cnn.py run's encoder.pth)")
+    cells = encoder_embeddings(dataset, record["backbone"], str(weights), record["crop"], record["input_size"],
+                               cache_dir, progress)
+    table = pooled_rows(cells, pooling)
+    table.columns = [f"{prefix}{c}" for c in table.columns]
+    return table, cells.weights_tag
 
 
 def pooled_rows(cells: CellEmbeddings, pooling: str) -> pd.DataFrame:

@@ -4,7 +4,11 @@
 - ``clinical+ncells``: the same plus ``log_n_images`` (log of the number of cells in the bag);
 - ``clinical+morpho``: the clinical features plus pooled per-cell morphometry
   (``lib.features.morphometry.cache.pooled_morphometry``);
-- ``clinical+morpho-shuffled``: a control, morphometry rows permuted across patients (seeded).
+- ``clinical+morpho-shuffled``: a control, morphometry rows permuted across patients (seeded);
+- ``clinical+encoder``: the clinical features plus a frozen cell encoder's cells pooled per patient (columns
+  ``enc_*``, reduced to principal components inside each training fold by the clinical stage). The encoder is
+  torch code above this layer: the stage embeds and pools the cells (lib.cnn.pooled.encoder_table) and hands the
+  block in as ``extra``.
 """
 from collections.abc import Callable
 from pathlib import Path
@@ -49,15 +53,29 @@ def shuffled_morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, seed: i
     return table
 
 
-FEATURE_SETS: dict[str, Callable[[Dataset, Path], pd.DataFrame]] = {
+def encoder_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Clinical features plus the pooled encoder block ``extra`` (one row per patient, built by the stage)."""
+    if extra is None:
+        raise DataError("feature set clinical+encoder: no pooled encoder block given (train_clinical.py --encoder)")
+    missing = dataset.patients.index.difference(extra.index)
+    if len(missing):
+        raise DataError(f"pooled encoder cells of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
+    return clinical_table(dataset).join(extra.loc[dataset.patients.index].astype(float))
+
+
+FEATURE_SETS: dict[str, Callable[..., pd.DataFrame]] = {
     "clinical": clinical_table,
     "clinical+ncells": ncells_table,
     "clinical+morpho": morpho_table,
     "clinical+morpho-shuffled": shuffled_morpho_table,
+    "clinical+encoder": encoder_table,
 }
 
 
 MORPHOMETRY_SETS = frozenset({"clinical+morpho", "clinical+morpho-shuffled"})  # sets built on cell morphometry
+ENCODER_SETS = frozenset({"clinical+encoder"})  # sets built on a frozen cell encoder (train_clinical.py --encoder)
+ENCODER_PREFIX = "enc_"  # the pooled encoder columns, projected inside each training fold
+ENCODER_POOLINGS = ("mean", "quantiles")  # per patient: the embedding mean, or mean + 10/50/90th percentiles
 
 
 def uses_morphometry(feature_set: str) -> bool:
@@ -65,8 +83,17 @@ def uses_morphometry(feature_set: str) -> bool:
     return feature_set in MORPHOMETRY_SETS
 
 
-def feature_table(dataset: Dataset, feature_set: str, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
-    """Features of a named set, a DataFrame indexed by patient ID (train and test rows)."""
+def uses_encoder(feature_set: str) -> bool:
+    """Whether a feature set includes a frozen encoder's pooled cells (it then needs ``--encoder``)."""
+    return feature_set in ENCODER_SETS
+
+
+def feature_table(dataset: Dataset, feature_set: str, cache_dir: Path = CACHE_DIR,
+                  extra: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Features of a named set, a DataFrame indexed by patient ID (train and test rows); ``extra``: the pooled
+    encoder block of an encoder set."""
     if feature_set not in FEATURE_SETS:
         raise DataError(f"feature set {feature_set!r} is unknown (choose from {', '.join(FEATURE_SETS)})")
+    if uses_encoder(feature_set):
+        return FEATURE_SETS[feature_set](dataset, cache_dir, extra)
     return FEATURE_SETS[feature_set](dataset, cache_dir)

@@ -23,8 +23,11 @@ from sklearn.preprocessing import StandardScaler
 
 from lib.core.errors import DataError
 from lib.models.options import INNER_CV, PENALTIES
+from lib.models.projection import BlockProjection
 
 C_GRID = np.logspace(-3, 3, 13)
+
+
 def neg_log_loss(estimator, X, y) -> float:
     """Inner-CV score: mean log-likelihood of the true labels (sklearn's ``neg_log_loss``, in NumPy)."""
     p = np.clip(estimator.predict_proba(X)[:, list(estimator.classes_).index(1)], 1e-15, 1 - 1e-15)
@@ -85,7 +88,10 @@ def model_params(model: Pipeline, feature_names: list[str]) -> dict:
 
 
 def params_proba(params: dict, X: pd.DataFrame) -> pd.Series:
-    """P(tumoral) per patient from ``model_params`` (the same operations as the fitted Pipeline)."""
+    """P(tumoral) per patient from ``model_params`` (the same operations as the fitted Pipeline), after the fold's
+    projection of a wide column block when it has one (``params["projection"]``, lib.models.projection)."""
+    if "projection" in params:
+        X = BlockProjection.from_params(params["projection"]).transform(X)
     missing = [f for f in params["features"] if f not in X.columns]
     if missing:
         raise DataError(f"clinical model: features {', '.join(missing)} are not in the feature table")

@@ -1,11 +1,16 @@
 """The clinical stage: the clinical estimator cross-validated on the committed folds, with its outputs.
 
 Writes into the run directory: the lib.stages.cv outputs (``folds/``, ``oof.csv``, ``test.csv``,
-``metrics.json``), ``folds/model_<k>.json`` (the fitted model as plain numbers, for predict.py), ``folds/coefficients_<k>.json`` gathered into ``coefficients.csv`` (C, intercept and
-the standardised-feature coefficients of every fold), ``roc.png``, and for feature sets built on
-morphometry the segmentation and by-class PNGs.
+``metrics.json``), ``folds/model_<k>.json`` (the fitted model as plain numbers, for predict.py),
+``folds/coefficients_<k>.json`` gathered into ``coefficients.csv`` (C, intercept and the standardised-feature
+coefficients of every fold), ``roc.png``, and for feature sets built on morphometry the segmentation and by-class
+PNGs. An encoder feature set (``--feature-set clinical+encoder --encoder runs/<ssl>/encoder.pth``) embeds every
+cell with the frozen encoder (torch, imported only then), pools them per patient, and each fold reduces that
+block to ``--encoder-pca`` principal components fitted on its training patients (lib.models.projection, saved
+in the fold's model file with the encoder's content tag).
 """
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,24 +18,43 @@ import pandas as pd
 from lib.core.io import atomic_write_csv, atomic_write_json
 from lib.core.metrics import fold_metrics
 from lib.core.plots import plot_roc
-from lib.features.tables import feature_table, uses_morphometry
+from lib.data.dataset import Dataset
+from lib.features.tables import ENCODER_PREFIX, feature_table, uses_encoder, uses_morphometry
 from lib.models import clinical as estimator
+from lib.models.projection import BlockProjection
 from lib.stages.context import Stage
 from lib.stages.cv import FitPredict, cross_validate
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Projection:
+    """The fold-fitted reduction of the pooled encoder block: its components and the encoder's identity."""
+
+    n_components: int
+    seed: int
+    encoder: dict  # weights tag and pooling, checked by predict.py against the encoder it would use
+
+
 def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, seed: int,
-                     n_inner: int = 5, C: str | float | None = None, penalty: str | None = None) -> FitPredict:
-    """Per-fold fit/predict for lib.stages.cv: fits on the train IDs only, saves the fold's coefficients."""
+                     n_inner: int = 5, C: str | float | None = None, penalty: str | None = None,
+                     projection: Projection | None = None) -> FitPredict:
+    """Per-fold fit/predict for lib.stages.cv: fits on the train IDs only (the encoder block's projection too),
+    saves the fold's coefficients."""
     def fit_predict(train: pd.Index, valid: pd.Index, test: pd.Index, fold: int):
         y = labels.loc[train].astype(int)
+        table, extra = features, {}
+        if projection is not None:
+            block = [c for c in features.columns if c.startswith(ENCODER_PREFIX)]
+            fitted = BlockProjection.fit(features.loc[train], block, projection.n_components, seed, ENCODER_PREFIX)
+            table = fitted.transform(features)
+            extra = {"projection": fitted.params(), "encoder": projection.encoder}
         n_inner_used = estimator.inner_splits(y, n_inner) if C in (None, estimator.INNER_CV) else 0
-        model = estimator.make_model(n_inner_used, seed, C, penalty).fit(features.loc[train], y)
-        coef = {"fold": fold, **estimator.coefficients(model, list(features.columns))}
+        model = estimator.make_model(n_inner_used, seed, C, penalty).fit(table.loc[train], y)
+        coef = {"fold": fold, **estimator.coefficients(model, list(table.columns))}
         atomic_write_json(coef, Path(run_dir) / "folds" / f"coefficients_{fold}.json")
-        params = estimator.model_params(model, list(features.columns))
+        params = {**estimator.model_params(model, list(table.columns)), **extra}
         atomic_write_json(params, model_path(run_dir, fold))
         log.info("fold %d: C=%.3g", fold, coef["C"])
         # scored from the saved numbers, as predict.py scores new patients
@@ -52,13 +76,32 @@ def write_coefficients(run_dir: Path) -> pd.DataFrame:
     return table
 
 
+def stage_features(dataset: Dataset, options: dict, cache_dir: Path, progress: bool) -> tuple[pd.DataFrame, dict]:
+    """The feature table of a clinical run's options (``feature_set``, and for an encoder set ``encoder`` and
+    ``encoder_pooling``), and the encoder's identity (empty without one): what training and predict.py both read."""
+    feature_set = options["feature_set"]
+    if not uses_encoder(feature_set):
+        return feature_table(dataset, feature_set, cache_dir), {}
+    from lib.cnn.pooled import encoder_table  # torch: only for an encoder set
+    block, tag = encoder_table(dataset, Path(options["encoder"]), options["encoder_pooling"], cache_dir,
+                               ENCODER_PREFIX, progress)
+    identity = {"weights": str(options["encoder"]), "weights_tag": tag, "pooling": options["encoder_pooling"]}
+    return feature_table(dataset, feature_set, cache_dir, block), identity
+
+
 def train_clinical(stage: Stage, plots: bool = True) -> dict:
     """Cross-validate the clinical model on the committed folds; write predictions, metrics, coefficients and (with
     ``plots``) the ROC and the morphometry figures."""
-    features = feature_table(stage.dataset, stage.args.feature_set, stage.args.cache_dir)
-    log.info("feature set %s: %s", stage.args.feature_set, ", ".join(features.columns))
-    fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, stage.args.seed,
-                                   stage.args.inner_folds, stage.args.C, stage.args.penalty)
+    args = stage.args
+    features, encoder = stage_features(stage.dataset, vars(args), args.cache_dir, args.progress)
+    projection = Projection(args.encoder_pca, args.seed, encoder) if encoder else None
+    shown = [c for c in features.columns if not c.startswith(ENCODER_PREFIX)]
+    if encoder:
+        shown.append(f"{features.shape[1] - len(shown)} pooled encoder columns ({encoder['pooling']}) -> "
+                     f"{args.encoder_pca} components per fold")
+    log.info("feature set %s: %s", args.feature_set, ", ".join(shown))
+    fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, args.seed,
+                                   args.inner_folds, args.C, args.penalty, projection)
     oof, _ = cross_validate(stage, fit_predict)
     write_coefficients(stage.run_dir)
     if not plots:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import yaml
 
 from lib.cnn.settings import COLOURS, MAX_TTA, OBJECTIVES, SCOPES, STRENGTHS, clinical_fusion_arg
 from lib.core.config import common_problems
 from lib.core.errors import raise_first
-from lib.features.tables import FEATURE_SETS
+from lib.features.tables import ENCODER_POOLINGS, ENCODER_SETS, FEATURE_SETS, uses_encoder
 from lib.models.options import HEAD_NAMES, PENALTIES, parse_c
 
 REGIMES = ("embed", "finetune")
@@ -192,10 +193,38 @@ def add_clinical_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--C", type=parse_c, default=None,
                         help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
+    parser.add_argument("--encoder", type=Path, default=None,
+                        help="for --feature-set clinical+encoder: a pretrain_cnn.py run's encoder.pth (frozen; "
+                             "its cells embedded once, cached)")
+    parser.add_argument("--encoder-pooling", choices=ENCODER_POOLINGS, default="quantiles",
+                        help="per patient: the mean embedding, or mean + 10/50/90th percentiles (default)")
+    parser.add_argument("--encoder-pca", type=int, default=8,
+                        help="principal components of the pooled block, fitted inside each training fold")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars (embedding the cells of an encoder set)")
     parser.set_defaults(stage="clinical")
     return parser
 
 
 def check_clinical_options(args) -> None:
-    """Options of the clinical stage within their ranges (before any run directory is created)."""
-    raise_first([*common_problems(args), (args.inner_folds < 2, f"--inner-folds {args.inner_folds} must be >= 2")])
+    """Options of the clinical stage within their ranges, and the encoder files of an encoder feature set (before
+    any run directory is created)."""
+    raise_first([*common_problems(args), (args.inner_folds < 2, f"--inner-folds {args.inner_folds} must be >= 2"),
+                 *encoder_problems(args)])
+
+
+def encoder_problems(args) -> list[tuple[bool, str]]:
+    """--encoder given exactly when the feature set reads it, its weights and encoder.json there, --encoder-pca >= 1."""
+    encoder, wanted = getattr(args, "encoder", None), uses_encoder(args.feature_set)
+    problems = [(wanted and encoder is None,
+                 f"--feature-set {args.feature_set} needs --encoder (a pretrain_cnn.py run's encoder.pth)"),
+                (not wanted and encoder is not None, f"--encoder is read only by --feature-set "
+                 f"{' / '.join(sorted(ENCODER_SETS))} (got --feature-set {args.feature_set})"),
+                (getattr(args, "encoder_pca", 1) < 1, f"--encoder-pca {getattr(args, 'encoder_pca', 1)} must be >= 1")]
+    if wanted and encoder is not None:
+        encoder = Path(encoder)
+        record = encoder.with_suffix(".json")
+        problems += [(not encoder.is_file(), f"{encoder}: --encoder weights file not found"),
+                     (encoder.is_file() and not record.is_file(),
+                      f"{record}: missing (--encoder must be a finished pretrain_cnn.py run's encoder.pth)")]
+    return problems

@@ -30,13 +30,12 @@ from lib.core.io import read_checkpoint, read_json
 from lib.core.runs import fold_test_table
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache
-from lib.features.tables import feature_table
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import RunSet, read_run_config
 from lib.models import clinical as estimator
 from lib.models.backbones import build_backbone, embed_data_config, resolve_weights, weights_tag
 from lib.stages.bagging import bagged_sources
-from lib.stages.clinical import model_path
+from lib.stages.clinical import model_path, stage_features
 from lib.stages.cnn import FOLD_MODEL, check_crop, fold_dir, mean_weights
 
 log = logging.getLogger(__name__)
@@ -53,13 +52,20 @@ def fold_table(per_fold: dict[int, pd.Series]) -> pd.DataFrame:
     return fold_test_table(per_fold).set_index("ID")
 
 
-
-def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path) -> pd.DataFrame:
-    """The clinical run's fold Pipelines on the new patients' features."""
-    features = feature_table(dataset, config["feature_set"], cache_dir).loc[pids]
+def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], cache_dir: Path,
+                     progress: bool = False) -> pd.DataFrame:
+    """The clinical run's fold models on the new patients' features (an encoder set's cells embedded by the same
+    encoder, checked by its content tag)."""
+    features, encoder = stage_features(dataset, config, cache_dir, progress)
+    features = features.loc[pids]
     per_fold = {}
     for k in range(n_folds_of(run_dir)):
-        per_fold[k] = estimator.params_proba(read_json(model_path(run_dir, k)), features)
+        params = read_json(model_path(run_dir, k))
+        if encoder or "encoder" in params:
+            _check_same(run_dir, "the encoder", params.get("encoder", {}).get("weights_tag"),
+                        encoder.get("weights_tag"), f"the file {config.get('encoder')} changed since: re-run "
+                        "train_clinical.py")
+        per_fold[k] = estimator.params_proba(params, features)
     return fold_table(per_fold)
 
 
@@ -149,6 +155,9 @@ def check_runs(paths: list[Path], configs: list[dict], dataset: Dataset) -> None
             raise DataError(f"{missing[0]}: fold model not found (re-run the stage that made {path})")
         if kind != "clinical":
             check_crop(config["crop"], dataset)
+        elif config.get("encoder") and not Path(config["encoder"]).is_file():
+            raise DataError(f"{config['encoder']}: the encoder of run {path} is not there (its pooled cells are "
+                            "features of that run)")
 
 
 def predict_bagged(sources: list[Path], dataset: Dataset, pids: list[str], cache_dir: Path,
@@ -171,7 +180,7 @@ def predict_run(run_dir: Path, config: dict, dataset: Dataset, pids: list[str], 
         return predict_bagged(bagged_sources(config), dataset, pids, cache_dir, progress)
     kind = run_kind(run_dir, config)
     if kind == "clinical":
-        return predict_clinical(run_dir, config, dataset, pids, cache_dir), None
+        return predict_clinical(run_dir, config, dataset, pids, cache_dir, progress), None
     predict = predict_embed if kind == "embed" else predict_finetune
     return predict(run_dir, config, dataset, pids, cache_dir, progress)
 
