@@ -2,8 +2,9 @@
 pooled into one row per patient, and the fold-fitted models that read those rows.
 
 Poolings (per patient, over its cells): ``mean`` (the embedding mean), ``quantiles`` (per-dimension 10/50/90th
-percentiles beside the mean; ``encoder_table`` gives either to the clinical stage's ``clinical+encoder`` set), and ``clusters`` (the proportions of the patient's cells in each of k clusters of
-the training patients' cells: what a haematologist counts). The models are class-balanced logistic
+percentiles beside the mean; ``encoder_table`` gives either to the clinical stage's ``clinical+encoder`` set),
+and ``clusters`` (the proportions of the patient's cells in each of k clusters of the training patients' cells:
+what a haematologist counts). The models are class-balanced logistic
 regressions with C chosen by inner CV (lib.models.clinical's estimator): image rows standardised and
 reduced to a few principal components inside each training fold, optionally beside the three clinical
 values. Everything fitted from data (scalers, PCA, k-means, the regression) sees the training fold only.

@@ -37,11 +37,15 @@ def ncells_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
 def morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR) -> pd.DataFrame:
     """Clinical features plus pooled per-cell morphometry (computed and cached by its own module)."""
     from lib.features.morphometry.cache import pooled_morphometry
-    morpho = pooled_morphometry(dataset, cache_dir=cache_dir)
-    missing = dataset.patients.index.difference(morpho.index)
+    return with_pooled(dataset, pooled_morphometry(dataset, cache_dir=cache_dir), "pooled morphometry")
+
+
+def with_pooled(dataset: Dataset, block: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Clinical features joined with a per-patient block (``what`` names it in the error when a patient has no row)."""
+    missing = dataset.patients.index.difference(block.index)
     if len(missing):
-        raise DataError(f"pooled morphometry of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
-    return clinical_table(dataset).join(morpho.loc[dataset.patients.index].astype(float))
+        raise DataError(f"{what} of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
+    return clinical_table(dataset).join(block.loc[dataset.patients.index].astype(float))
 
 
 def shuffled_morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, seed: int = 0) -> pd.DataFrame:
@@ -53,14 +57,11 @@ def shuffled_morpho_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, seed: i
     return table
 
 
-def encoder_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, extra: pd.DataFrame | None = None) -> pd.DataFrame:
+def encoder_set_table(dataset: Dataset, cache_dir: Path = CACHE_DIR, extra: pd.DataFrame | None = None) -> pd.DataFrame:
     """Clinical features plus the pooled encoder block ``extra`` (one row per patient, built by the stage)."""
     if extra is None:
         raise DataError("feature set clinical+encoder: no pooled encoder block given (train_clinical.py --encoder)")
-    missing = dataset.patients.index.difference(extra.index)
-    if len(missing):
-        raise DataError(f"pooled encoder cells of {dataset.name}: no row for patient(s) {', '.join(missing[:5])}")
-    return clinical_table(dataset).join(extra.loc[dataset.patients.index].astype(float))
+    return with_pooled(dataset, extra, "pooled encoder cells")
 
 
 FEATURE_SETS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -68,7 +69,7 @@ FEATURE_SETS: dict[str, Callable[..., pd.DataFrame]] = {
     "clinical+ncells": ncells_table,
     "clinical+morpho": morpho_table,
     "clinical+morpho-shuffled": shuffled_morpho_table,
-    "clinical+encoder": encoder_table,
+    "clinical+encoder": encoder_set_table,
 }
 
 

@@ -58,7 +58,7 @@ class BlockProjection:
     def params(self) -> dict:
         """Plain lists (JSON), read back by ``from_params``."""
         return {"columns": self.columns, "prefix": self.prefix, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                **{k: np.asarray(v).tolist() for k, v in self.pca.state().items() if k != "mean"},
+                "components": self.pca.components.tolist(), "scale": self.pca.scale.tolist(),
                 "pca_mean": self.pca.mean.tolist()}
 
     @classmethod

@@ -33,7 +33,6 @@ class Projection:
     """The fold-fitted reduction of the pooled encoder block: its components and the encoder's identity."""
 
     n_components: int
-    seed: int
     encoder: dict  # weights tag and pooling, checked by predict.py against the encoder it would use
 
 
@@ -94,7 +93,7 @@ def train_clinical(stage: Stage, plots: bool = True) -> dict:
     ``plots``) the ROC and the morphometry figures."""
     args = stage.args
     features, encoder = stage_features(stage.dataset, vars(args), args.cache_dir, args.progress)
-    projection = Projection(args.encoder_pca, args.seed, encoder) if encoder else None
+    projection = Projection(args.encoder_pca, encoder) if encoder else None
     shown = [c for c in features.columns if not c.startswith(ENCODER_PREFIX)]
     if encoder:
         shown.append(f"{features.shape[1] - len(shown)} pooled encoder columns ({encoder['pooling']}) -> "

@@ -215,12 +215,12 @@ def check_clinical_options(args) -> None:
 
 def encoder_problems(args) -> list[tuple[bool, str]]:
     """--encoder given exactly when the feature set reads it, its weights and encoder.json there, --encoder-pca >= 1."""
-    encoder, wanted = getattr(args, "encoder", None), uses_encoder(args.feature_set)
+    encoder, wanted = args.encoder, uses_encoder(args.feature_set)
     problems = [(wanted and encoder is None,
                  f"--feature-set {args.feature_set} needs --encoder (a pretrain_cnn.py run's encoder.pth)"),
                 (not wanted and encoder is not None, f"--encoder is read only by --feature-set "
                  f"{' / '.join(sorted(ENCODER_SETS))} (got --feature-set {args.feature_set})"),
-                (getattr(args, "encoder_pca", 1) < 1, f"--encoder-pca {getattr(args, 'encoder_pca', 1)} must be >= 1")]
+                (args.encoder_pca < 1, f"--encoder-pca {args.encoder_pca} must be >= 1")]
     if wanted and encoder is not None:
         encoder = Path(encoder)
         record = encoder.with_suffix(".json")
