@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_encoders.py [--data-dir ../shared/data/lymphocytosis] [--minutes 25]
        [--recipes simclr dino simclr_stain] [--seeds 43 44 45] [--runs-dir runs/bench_encoders] [--no-append]
+       [--epochs 40 --init runs/bench_encoders_50ep/enc_simclr_seed1]   # continue a finished encoder (warm restart)
 Each recipe is pretrain_cnn.py with a preset and a few options (RECIPES below). Equal budget: before any
 training, each recipe's real training step (its views, its objective) is timed on this machine's idle cores
 (PROBE_STEPS steps after a warm-up), and its epochs are set so that its pretraining takes ``--minutes`` at
@@ -54,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="pretraining seed (the runs' names carry it when not 0)")
     parser.add_argument("--recipes", nargs="+", default=["simclr", "dino", "simclr_stain"], choices=sorted(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue a finished run: its encoder.pth as every recipe's --weights (a fresh head and "
+                             "schedule: a warm restart); the plot counts the parent's epochs too")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench_encoders"), help="kept: reruns resume")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
@@ -66,7 +70,8 @@ def encoder_name(args, name: str) -> str:
 def recipe_argv(args, name: str) -> list[str]:
     config, *extra = RECIPES[name]
     return ["-c", config, *extra, "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir),
-            "--experiment", encoder_name(args, name), "--seed", str(args.seed), "--no-progress"]
+            "--experiment", encoder_name(args, name), "--seed", str(args.seed), "--no-progress",
+            *(["--weights", str(args.init / "encoder.pth")] if args.init else [])]
 
 
 def probe_rate(args, name: str) -> float:
@@ -157,13 +162,19 @@ def plot_budget(results: dict, clinical: list[dict], path: Path) -> Path:
         ax.errorbar(np.arange(len(results)) + shift, auc.mean(axis=1), yerr=auc.std(axis=1), fmt=marker, capsize=3,
                     label=label)
     ax.axhline(np.mean([c["auc_mean"] for c in clinical]), color="grey", ls="--", lw=1, label="clinical model (3 values)")
-    ax.set_xticks(range(len(results)), [f"{name}\n{r['record']['epochs']} ep, {r['record']['seconds'] / 60:.0f} min"
+    ax.set_xticks(range(len(results)), [f"{name}\n{epochs_label(r['record'])}, {r['record']['seconds'] / 60:.0f} min"
                                         for name, r in results.items()])
     ax.set(xlim=(-0.5, len(results) - 0.5), ylabel="image-only AUC (fold seeds, mean±std)",
            title="Frozen self-supervised encoders, same pretraining budget")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
+
+
+def epochs_label(record: dict, unit: str = "ep") -> str:
+    """'25 ep', or '50+40 ep' for a run continued from another encoder."""
+    parent = record.get("epochs_total", record["epochs"]) - record["epochs"]
+    return f"{parent}+{record['epochs']} {unit}" if parent else f"{record['epochs']} {unit}"
 
 
 def main(argv=None) -> list[str]:
@@ -183,19 +194,22 @@ def main(argv=None) -> list[str]:
     figure = plot_budget(results, clinical, args.runs_dir / "budget.png")
     budget = (f"{args.epochs} epochs per recipe" if args.epochs is not None else
               f"budget {args.minutes:.0f} min of pretraining per recipe at the probed rate (idle, before training)")
+    if args.init:
+        budget += f", continued from {args.init}/encoder.pth (fresh projection head and cosine schedule: a warm restart)"
     lines = [f"- {budget}; pretraining seed {args.seed}; {n_cells} cells (scope all)",
              f"- data: {args.data_dir}; fold seeds {', '.join(map(str, args.seeds))}; image-only models; BA at 0.5",
              quality_line("clinical (baseline, same folds)", clinical)]
     for name, r in results.items():
         rec = r["record"]
         lines.append(f"- {name} (`{' '.join(RECIPES[name][1:]) or 'preset'}` on {Path(RECIPES[name][0]).name}): "
-                     f"{f'probe {rates[name]:.0f} cells/s -> ' if args.epochs is None else ''}{rec['epochs']} epochs, {rec['seconds'] / 60:.1f} min of "
+                     f"{f'probe {rates[name]:.0f} cells/s -> ' if args.epochs is None else ''}{epochs_label(rec, 'epochs')}, {rec['seconds'] / 60:.1f} min of "
                      f"epochs, {rec['img_per_s']:.0f} img/s, {rec['precision']}, final loss {rec['loss_per_epoch'][-1]:.3f}")
         lines.append(quality_line(f"{name}, mean head, image-only", r["cnn"]).replace("- ", "  - ", 1))
         lines.append(quality_line(f"{name}, pooled mean PCA8, image-only", r["pooled"]).replace("- ", "  - ", 1))
     lines.append(f"- plot: {figure} (image-only AUC against pretraining minutes)")
+    total = epochs_label(next(iter(results.values()))["record"], "").strip()
     title = ("Self-supervised objectives at the same pretraining budget" if args.epochs is None else
-             f"Self-supervised encoders at {args.epochs} epochs (budget curve, issue 21 item 1)")
+             f"Self-supervised encoders at {total} epochs (budget curve, issue 21 item 1)")
     publish(title, lines, __file__, argv,
             append=not args.no_append)
     return lines

@@ -21,7 +21,7 @@ import torch
 
 from lib.cnn.device import resolve_device, training_autocast_dtype
 from lib.cnn.embedding import precision_name
-from lib.cnn.pretrain import PretrainSettings, build_pretrainer, encoder_record_path, pretrain
+from lib.cnn.pretrain import PretrainSettings, build_pretrainer, encoder_record, encoder_record_path, pretrain
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.core.plots import pyplot, save_figure
@@ -90,7 +90,7 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     plot_loss(history, run_dir / "loss.png", f"{OBJECTIVE_NAMES[args.objective]} {args.backbone}, "
               f"{args.crop}->{input_side(data_config)} px", f"{OBJECTIVE_NAMES[args.objective]} loss")
     record = {"objective": args.objective, **objective_record(trainer.s), "backbone": args.backbone,
-              "init_weights": args.weights, "crop": args.crop,
+              "init_weights": args.weights, **lineage(args.weights, args.epochs), "crop": args.crop,
               "input_size": input_side(data_config), "mean": list(data_config["mean"]), "std": list(data_config["std"]),
               "scope": args.scope, "colour": trainer.s.colour, "n_cells": int(len(trainer.rows)),
               "cells_fingerprint": cells_fingerprint(cache, trainer.rows), "epochs": args.epochs,
@@ -103,6 +103,15 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     atomic_write_json(record, record_path)
     (run_dir / "last.pt").unlink(missing_ok=True)
     return record
+
+
+def lineage(weights: str, epochs: int) -> dict:
+    """Continued pretraining (--weights another run's encoder.pth): the parent's tag and the epochs in all."""
+    parent = encoder_record(Path(weights)) if weights not in (None, "", "none", "lite0") else None
+    if parent is None:
+        return {"epochs_total": epochs}
+    return {"init_weights_tag": parent["weights_tag"],
+            "epochs_total": int(parent.get("epochs_total", parent["epochs"])) + epochs}
 
 
 def objective_record(s) -> dict:
