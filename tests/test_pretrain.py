@@ -70,6 +70,17 @@ def test_pretraining_writes_the_encoder_and_its_record(cohort, tmp_path):
     assert pretrain(cohort, tmp_path, "train_only", "--scope", "train")["n_cells"] == 30 * 3
 
 
+def test_continued_pretraining_starts_from_the_parent_and_counts_its_epochs(cohort, tmp_path):
+    parent = pretrain(cohort, tmp_path, "ssl")
+    weights = tmp_path / "runs" / "ssl" / "encoder.pth"
+    child = pretrain(cohort, tmp_path, "more", "--weights", str(weights), "--epochs", "2")
+    assert parent["epochs_total"] == 3 and "init_weights_tag" not in parent
+    assert child["epochs"] == 2 and child["epochs_total"] == 5 and child["init_weights_tag"] == parent["weights_tag"]
+    assert child["weights_tag"] != parent["weights_tag"]
+    assert pretrain(cohort, tmp_path, "again", "--weights", str(tmp_path / "runs" / "more" / "encoder.pth"),
+                    "--epochs", "1")["epochs_total"] == 6
+
+
 def test_labels_are_never_read(cohort, tmp_path):
     """The same cells with every label flipped give bit-identical weights."""
     flipped = tmp_path / "flipped"

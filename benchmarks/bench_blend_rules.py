@@ -1,0 +1,164 @@
+"""Benchmark: fixed blending rules (nothing fitted on the OOF) over every subset of the models, the subset chosen on
+one fold seed and reported on others (issue 21 item 5: what the blend needs from the images).
+
+Usage: python benchmarks/bench_blend_rules.py --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
+       [--choose-seed 42] [--seeds 43 44 45] [--runs-dir runs/bench_encfeat] [--no-append]
+Models, one 5-fold run per fold seed (bench_encoder_features.py's runs, reused from --runs-dir when finished):
+clinical, clinical+morpho and clinical+encoder (train_clinical.py), the default ImageNet CNNs (mean and attention
+heads with clinical fusion) and the SSL encoder's image-only mean head (train_cnn.py). Rules: the equal-weight
+mean of the members' probabilities or of their logits (lib.fusion.fuse), at threshold 0.5. A fixed rule fits
+nothing, so its CV score on one subset is honest; choosing the subset and the mean is a fit, so it is made on
+--choose-seed (BA at 0.5, then AUC) and reported on --seeds. Quality: BA at 0.5 and AUC, mean±std over the seeds of the fold mean (as every model line), and the
+recall on the tumoral patients with a low lymphocyte count (< LOW_COUNT G/L), where the clinical values cannot
+decide. Plot: every subset's BA on the choice seed against its mean BA on the report seeds.
+"""
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_encoder_features import PREFIX  # noqa: E402
+from benchmarks.bench_ssl import clinical_run, cnn_run  # noqa: E402
+from benchmarks.common import publish  # noqa: E402
+from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
+from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
+from lib.core.plots import pyplot, save_figure  # noqa: E402
+from lib.data.dataset import load_dataset  # noqa: E402
+from lib.fusion.fuse import FusionParams, fuse  # noqa: E402
+from lib.fusion.runs import load_runs  # noqa: E402
+
+LOW_COUNT = 10.0  # G/L: the tumoral patients the blend misses have 4.9-8.3
+TOP = 12  # subsets listed by their choice-seed BA
+DEFAULT_SET = ("clinical", "clinical+morpho", "imagenet mean", "imagenet attention")  # pipeline.py's four
+RULES = {"prob_mean": "", "logit_mean": " (logits)"}  # equal-weight means of lib.fusion.fuse, label suffix
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", type=Path, required=True, help="a finished pretrain_cnn.py run's encoder.pth")
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
+    parser.add_argument("--choose-seed", type=int, default=42, help="fold seed the subset is chosen on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds reported")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench_encfeat"), help="kept: finished runs are reused")
+    parser.add_argument("--no-append", action="store_true")
+    return parser.parse_args(argv)
+
+
+def reuse(run: Path, train) -> Path:
+    """A finished run (its metrics.json exists) as it is, else ``train()``'s; the run directory."""
+    if not (run / "metrics.json").exists():
+        train()
+    return run
+
+
+def model_runs(args, seed: int) -> dict[str, Path]:
+    """The six models' run directories on one fold seed (trained when missing)."""
+    d, encoder = args.runs_dir, ["--encoder", str(args.encoder), "--no-progress"]
+
+    def clinical(feature_set: str, extra=()) -> Path:
+        return reuse(d / f"{PREFIX}_{feature_set.replace('+', '_')}_s{seed}",
+                     lambda: clinical_run(args, d, seed, feature_set, prefix=PREFIX, extra=extra))
+
+    def cnn(encoder_name: str, weights, head: str, fusion: bool) -> Path:
+        return reuse(d / f"ssl_bench_{encoder_name}_{head}_{'fusion' if fusion else 'image'}_s{seed}",
+                     lambda: cnn_run(args, d, encoder_name, weights, head, fusion, seed))
+
+    return {"clinical": clinical("clinical"), "clinical+morpho": clinical("clinical+morpho"),
+            "clinical+encoder": clinical("clinical+encoder", encoder),
+            "imagenet mean": cnn("imagenet", None, "mean", True),
+            "imagenet attention": cnn("imagenet", None, "attention", True),
+            "ssl mean image-only": cnn("ssl", args.encoder, "mean", False)}
+
+
+def candidates(names: list[str]) -> list[tuple[tuple[str, ...], str]]:
+    """Every non-empty subset of the models (in the models' order) with each rule; a single model once."""
+    subsets = [s for r in range(1, len(names) + 1) for s in itertools.combinations(names, r)]
+    return [(s, rule) for s in subsets for rule in (RULES if len(s) > 1 else list(RULES)[:1])]
+
+
+def rule_scores(runs: dict[str, Path], low: pd.Index) -> dict[tuple, dict]:
+    """Each candidate's fused OOF at 0.5 on one fold seed: fold-mean BA and AUC, low-count recall."""
+    loaded = load_runs(list(runs.values()))
+    oof = loaded.oof.set_axis(list(runs), axis=1)
+    low = low.intersection(oof.index[loaded.target == 1])
+    out = {}
+    for subset, rule in candidates(list(runs)):
+        proba = fuse(oof[list(subset)], FusionParams({}, method=rule))
+        metrics = fold_metrics(pd.DataFrame({"fold": loaded.fold, "target": loaded.target, "proba": proba}))
+        out[subset, rule] = {"ba": metrics["ba_mean"], "auc": metrics["auc_mean"],
+                             "low_recall": float((proba.loc[low] >= 0.5).mean()), "n_low": len(low)}
+    return out
+
+
+def label(key: tuple) -> str:
+    subset, rule = key
+    return " + ".join(subset) + RULES[rule]
+
+
+def table_row(subset, chosen: dict, reported: list[dict], mark: str = "") -> str:
+    r = [s[subset] for s in reported]
+    return (f"| {label(subset)}{mark} | {chosen[subset]['ba']:.3f} | {mean_std([x['ba'] for x in r])} | "
+            f"{mean_std([x['auc'] for x in r])} | {np.mean([x['low_recall'] for x in r]):.2f} |")
+
+
+def plot_rules(chosen: dict, reported: list[dict], marked: dict[str, tuple], path: Path) -> Path:
+    """Choice-seed BA against report-seed mean BA, one point per subset; the marked subsets named."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    keys = list(chosen)
+    x = np.array([chosen[k]["ba"] for k in keys])
+    y = np.array([np.mean([s[k]["ba"] for s in reported]) for k in keys])
+    images = np.array([any(m.startswith(("imagenet", "ssl")) for m in k[0]) for k in keys])
+    ax.scatter(x[~images], y[~images], s=18, color="tab:grey", label="clinical-stage models only")
+    ax.scatter(x[images], y[images], s=18, color="tab:blue", label="with an image model")
+    for name, subset in marked.items():
+        i = keys.index(subset)
+        ax.annotate(name, (x[i], y[i]), xytext=(6, -4), textcoords="offset points", fontsize=8)
+        ax.scatter([x[i]], [y[i]], s=60, facecolors="none", edgecolors="tab:red")
+    lo = min(x.min(), y.min()) - 0.01
+    ax.plot([lo, 1], [lo, 1], color="grey", lw=0.6, ls=":")
+    ax.set(xlabel="BA at 0.5 on the choice fold seed", ylabel="BA at 0.5, mean over the report fold seeds",
+           title="Equal-weight blends (mean of probabilities or logits) of every subset")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def main(argv=None) -> list[str]:
+    args = parse_args(argv)
+    dataset = load_dataset(args.data_dir)
+    low = dataset.train.index[dataset.train["LYMPH_COUNT"].astype(float) < LOW_COUNT]
+    scores = {seed: rule_scores(model_runs(args, seed), low) for seed in [args.choose_seed, *args.seeds]}
+    chosen, reported = scores[args.choose_seed], [scores[s] for s in args.seeds]
+    best = max(chosen, key=lambda k: (chosen[k]["ba"], chosen[k]["auc"]))
+    order = sorted(chosen, key=lambda k: (-chosen[k]["ba"], -chosen[k]["auc"]))
+    singles = [k for k in chosen if len(k[0]) == 1]
+    default, hindsight = (DEFAULT_SET, "prob_mean"), max(chosen, key=lambda k: np.mean([s[k]["ba"] for s in reported]))
+    rows = list(dict.fromkeys([*order[:TOP], default, hindsight, *singles]))
+    marks = {best: " (chosen)", default: " (pipeline's four)", hindsight: " (best on the report seeds: hindsight)"}
+    figure = plot_rules(chosen, reported, {"chosen": best, "pipeline's four": default, "clinical": singles[0]},
+                        args.runs_dir / "blend_rules.png")
+    record = json.loads(args.encoder.with_suffix(".json").read_text())
+    lines = [f"- data: {args.data_dir}; rule: equal-weight mean of the members' probabilities at 0.5 (nothing fitted); "
+             f"subset chosen on fold seed {args.choose_seed}, reported on {', '.join(map(str, args.seeds))}; "
+             f"{len(chosen)} candidates (subsets of {len(singles)} models x mean of probabilities or logits)",
+             f"- SSL encoder {args.encoder}: {record['objective']} {record['backbone']}, "
+             f"{record.get('epochs_total', record['epochs'])} epochs; low count: tumoral patients with a lymphocyte "
+             f"count < {LOW_COUNT:g} G/L ({reported[0][best]['n_low']} of them)",
+             f"- chosen on seed {args.choose_seed}: {label(best)}", "",
+             f"| subset (equal weights, 0.5; probabilities unless marked) | BA seed {args.choose_seed} | BA seeds {'-'.join(map(str, args.seeds))} "
+             f"| AUC | low-count recall |", "|---|---|---|---|---|",
+             *[table_row(k, chosen, reported, marks.get(k, "")) for k in rows], "",
+             f"- plot: {figure}"]
+    publish("Fixed blending rules over every subset of the models (issue 21 item 5)", lines, __file__, argv,
+            append=not args.no_append)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
