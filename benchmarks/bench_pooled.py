@@ -6,8 +6,9 @@ Usage: python benchmarks/bench_pooled.py [--data-dir ../shared/data/lymphocytosi
 For each encoder (the frozen SSL encoder of a pretrain_cnn.py run given by --ssl, and frozen ImageNet Lite0),
 every cell is embedded once (view v0, the embedding cache) and pooled per patient: the mean, the mean +
 per-dimension quantiles, and the proportions of k-means cell clusters (k-means fitted on the training fold's
-cells). Each pooling feeds lib.cnn.pooled's model (standardise, PCA inside the fold, class-balanced
-logistic regression, C by inner CV), image-only and beside the three clinical values. Every setting is
+cells). Each pooling feeds the clinical stage's model (the block standardised and reduced by PCA inside the
+fold, lib.models.projection; class-balanced logistic regression, C by inner CV), image-only and beside the three
+clinical values. Every setting is
 scored by 5-fold CV on the committed fold files; the setting to recommend is chosen on --select-seed only and
 the block reports every setting on the other seeds (BA at 0.5, AUC, mean±std over seeds of the fold mean).
 """
@@ -21,20 +22,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, publish  # noqa: E402
-from lib.cnn.pooled import (  # noqa: E402
-    cluster_proportions,
-    encoder_embeddings,
-    make_pooled_model,
-    pooled_rows,
-)
+from lib.cnn.pooled import cluster_proportions, encoder_embeddings, pooled_rows  # noqa: E402
 from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.data.dataset import load_dataset  # noqa: E402
 from lib.data.folds import load_folds  # noqa: E402
 from lib.features.tables import clinical_table  # noqa: E402
 from lib.models import clinical as estimator  # noqa: E402
+from lib.models.projection import BlockProjection  # noqa: E402
 
 CLUSTERS = 8
+IMAGE_PREFIX = "img_"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,21 +60,22 @@ def encoders(args) -> dict[str, dict]:
 
 def cv_oof(table: pd.DataFrame | None, cells, folds: pd.DataFrame, labels: pd.Series, clinical: pd.DataFrame | None,
            pca_dim: int, seed: int) -> pd.DataFrame:
-    """5-fold OOF probabilities of one setting (``table`` None: cluster proportions fitted per fold)."""
+    """5-fold OOF probabilities of one setting (``table`` None: cluster proportions fitted per fold): the clinical
+    stage's model (lib.models.projection's block projection fitted on the training fold, then the class-balanced
+    logistic regression with C by inner CV); ``pca_dim`` 0 keeps the image block whole."""
     rows = []
     for k in sorted(folds["fold"].unique()):
         train = folds.loc[folds["fold"] != k, "ID"].tolist()
         valid = folds.loc[folds["fold"] == k, "ID"].tolist()
         image = table if table is not None else cluster_proportions(cells, train, CLUSTERS, seed)
+        image = image.add_prefix(IMAGE_PREFIX)
         x = image if clinical is None else image.join(clinical)
-        n_image = image.shape[1]
-        n_clinical = 0 if clinical is None else clinical.shape[1]
+        if pca_dim:
+            x = BlockProjection.fit(x.loc[train], list(image.columns), pca_dim, seed, IMAGE_PREFIX).transform(x)
         y = labels.loc[train].astype(int)
-        model = make_pooled_model(n_image, n_clinical, pca_dim, estimator.inner_splits(y, 5), seed)
-        model.fit(x.loc[train].to_numpy(), y)
-        proba = model.predict_proba(x.loc[valid].to_numpy())[:, 1]
+        model = estimator.make_model(estimator.inner_splits(y, 5), seed).fit(x.loc[train], y)
         rows.append(pd.DataFrame({"ID": valid, "fold": k, "target": labels.loc[valid].astype(int).to_numpy(),
-                                  "proba": proba}))
+                                  "proba": model.predict_proba(x.loc[valid])[:, 1]}))
     return pd.concat(rows, ignore_index=True)
 
 

@@ -1,13 +1,12 @@
 """Patient features from a frozen cell encoder: every cell embedded once (the embedding cache, view v0), then
-pooled into one row per patient, and the fold-fitted models that read those rows.
+pooled into one row per patient.
 
 Poolings (per patient, over its cells): ``mean`` (the embedding mean), ``quantiles`` (per-dimension 10/50/90th
 percentiles beside the mean; ``encoder_table`` gives either to the clinical stage's ``clinical+encoder`` set),
 and ``clusters`` (the proportions of the patient's cells in each of k clusters of the training patients' cells:
-what a haematologist counts). The models are class-balanced logistic
-regressions with C chosen by inner CV (lib.models.clinical's estimator): image rows standardised and
-reduced to a few principal components inside each training fold, optionally beside the three clinical
-values. Everything fitted from data (scalers, PCA, k-means, the regression) sees the training fold only.
+what a haematologist counts; k-means fitted on the training fold's cells only). The models that read these rows
+are the clinical stage's (lib.stages.clinical: the block reduced by lib.models.projection inside each training
+fold, then class-balanced logistic regression).
 """
 from __future__ import annotations
 
@@ -100,23 +99,3 @@ def cluster_proportions(cells: CellEmbeddings, train_ids, k: int, seed: int, pca
     rows = {pid: np.bincount(kmeans.predict(pca.transform((b - mean) / std)), minlength=k) / len(b)
             for pid, b in blocks.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=[f"cluster{c}" for c in range(k)])
-
-
-def make_pooled_model(n_image: int, n_clinical: int, pca_dim: int, n_inner: int, seed: int):
-    """Unfitted model on [image columns | clinical columns]: the image block standardised and reduced to
-    ``pca_dim`` components (0: kept whole), the clinical block imputed and standardised, then lib.models.clinical's
-    class-balanced logistic regression with C by inner CV."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.decomposition import PCA
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from lib.models.clinical import make_model
-    image = [("scale", StandardScaler())] + ([("pca", PCA(pca_dim, random_state=seed))] if pca_dim else [])
-    blocks = [("image", Pipeline(image), list(range(n_image)))]
-    if n_clinical:
-        blocks.append(("clinical", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-                       list(range(n_image, n_image + n_clinical))))
-    logreg = make_model(n_inner, seed).named_steps["logreg"]
-    return Pipeline([("columns", ColumnTransformer(blocks)), ("post", StandardScaler()), ("logreg", logreg)])
