@@ -14,7 +14,7 @@ from lib.core.errors import DataError, raise_first
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
 from lib.core.storage import check_storage
-from lib.fusion.fuse import THRESHOLD_POLICIES
+from lib.fusion.fuse import FUSIONS, THRESHOLD_POLICIES
 from lib.fusion.runs import load_runs
 
 DEFAULT_THRESHOLD_POLICY = "0.5"  # measured: BENCHMARKS.md "Whole pipeline" blocks of 2026-12-02
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
     parser.add_argument("--experiment", default="ensemble", help="results go to <runs-dir>/<experiment>/")
     parser.add_argument("--runs-dir", type=Path, default=None, help="parent of the run directory (default runs/)")
+    parser.add_argument("--fusion", choices=FUSIONS, default="study",
+                        help="study: Optuna weights, method and threshold; equal: the equal-weight probability mean, "
+                             "nothing fitted but the threshold of --threshold tuned (no study; --trials unused)")
     parser.add_argument("--trials", type=int, default=200, help="finished trials of the main study")
     parser.add_argument("--nested-trials", type=int, default=None,
                         help="trials of each per-fold study of the honest estimate (default: --trials)")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lib.stages.ensemble import run_ensemble  # Optuna: after the checks
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
     result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
-                          args.experiment, args.threshold)
+                          args.experiment, args.threshold, args.fusion)
     report(result, run_dir)
     return result
 

@@ -27,6 +27,7 @@ from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
+from lib.fusion.fuse import FUSIONS
 from lib.stages.bagging import bag_runs
 
 MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
@@ -59,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"the flag alone: {FINETUNE_CONFIG.relative_to(REPO_DIR)}, initialised from the --pretrain-config encoder; "
                              "~7 min per fold seed on 2 CPU cores with the shared data)")
     parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
+    parser.add_argument("--fusion", choices=FUSIONS, default="study",
+                        help="ensemble.py --fusion: study (Optuna weights) or equal (equal weights, nothing fitted)")
     args = parser.parse_args(argv)
     raise_first([(args.trials < 1, f"--trials {args.trials} must be >= 1"),
                  (min([args.fold_seed, *(args.fold_seeds or [])]) < 0, "fold seeds must be >= 0"),
@@ -130,10 +133,10 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     ]
 
 
-def ensemble_command(runs_dir: Path, tag: str, names, experiment: str, trials: int) -> list[str]:
+def ensemble_command(runs_dir: Path, tag: str, names, experiment: str, trials: int, fusion: str = "study") -> list[str]:
     """ensemble.py over the runs ``names`` under ``runs_dir/tag``, into ``tag/experiment`` (resumed when it exists)."""
     return ["ensemble.py", "--runs", *(str(runs_dir / tag / m) for m in names), "--runs-dir", str(runs_dir),
-            "--experiment", f"{tag}/{experiment}", "--trials", str(trials), "--resume"]
+            "--experiment", f"{tag}/{experiment}", "--trials", str(trials), "--fusion", fusion, "--resume"]
 
 
 def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace,
@@ -143,7 +146,7 @@ def blend_stages(data_dir: Path, tag: str, args: argparse.Namespace,
     data = ["--data-dir", str(data_dir)]
     ensemble_dir = str(args.runs_dir / tag / "ensemble")
     return [
-        ("ensemble", ensemble_command(args.runs_dir, tag, names or models(args), "ensemble", args.trials)),
+        ("ensemble", ensemble_command(args.runs_dir, tag, names or models(args), "ensemble", args.trials, args.fusion)),
         ("report", ["report.py", "--ensemble", ensemble_dir, *data]),
         ("submission", ["make_submission.py", *data, "--ensemble", ensemble_dir, "--out", str(args.out)]),
     ]

@@ -7,8 +7,9 @@ Models, one 5-fold run per fold seed (bench_encoder_features.py's runs, reused f
 clinical, clinical+morpho and clinical+encoder (train_clinical.py), the default ImageNet CNNs (mean and attention
 heads with clinical fusion) and the SSL encoder's image-only mean head (train_cnn.py). Rules: the equal-weight
 mean of the members' probabilities or of their logits (lib.fusion.fuse), at threshold 0.5. A fixed rule fits
-nothing, so its CV score on one subset is honest; choosing the subset and the mean is a fit, so it is made on
---choose-seed (BA at 0.5, then AUC) and reported on --seeds. Quality: BA at 0.5 and AUC, mean±std over the seeds of the fold mean (as every model line), and the
+nothing, so its CV score on one subset is honest; choosing the subset and the mean is a fit, so it is made on one
+fold seed (BA at 0.5, then AUC) and reported on the others: on --choose-seed and reported on --seeds, or, by
+default, on each of --seeds in turn (the runs of fold seeds 43-45 are those bench_encoder_features.py leaves). Quality: BA at 0.5 and AUC, mean±std over the seeds of the fold mean (as every model line), and the
 recall on the tumoral patients with a low lymphocyte count (< LOW_COUNT G/L), where the clinical values cannot
 decide. Plot: every subset's BA on the choice seed against its mean BA on the report seeds.
 """
@@ -33,7 +34,6 @@ from lib.fusion.fuse import FusionParams, fuse  # noqa: E402
 from lib.fusion.runs import load_runs  # noqa: E402
 
 LOW_COUNT = 10.0  # G/L: the tumoral patients the blend misses have 4.9-8.3
-TOP = 12  # subsets listed by their choice-seed BA
 DEFAULT_SET = ("clinical", "clinical+morpho", "imagenet mean", "imagenet attention")  # pipeline.py's four
 RULES = {"prob_mean": "", "logit_mean": " (logits)"}  # equal-weight means of lib.fusion.fuse, label suffix
 
@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", type=Path, required=True, help="a finished pretrain_cnn.py run's encoder.pth")
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
-    parser.add_argument("--choose-seed", type=int, default=42, help="fold seed the subset is chosen on")
+    parser.add_argument("--choose-seed", type=int, default=None,
+                        help="fold seed the subset is chosen on (default: each of --seeds in turn, the others reporting)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds reported")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench_encfeat"), help="kept: finished runs are reused")
     parser.add_argument("--no-append", action="store_true")
@@ -100,10 +101,18 @@ def label(key: tuple) -> str:
     return " + ".join(subset) + RULES[rule]
 
 
-def table_row(subset, chosen: dict, reported: list[dict], mark: str = "") -> str:
-    r = [s[subset] for s in reported]
-    return (f"| {label(subset)}{mark} | {chosen[subset]['ba']:.3f} | {mean_std([x['ba'] for x in r])} | "
-            f"{mean_std([x['auc'] for x in r])} | {np.mean([x['low_recall'] for x in r]):.2f} |")
+def choose(scores: dict) -> tuple:
+    """The candidate with the best fold-mean BA at 0.5 on one fold seed (ties: AUC)."""
+    return max(scores, key=lambda k: (scores[k]["ba"], scores[k]["auc"]))
+
+
+def table_row(key: tuple, scores: dict[int, dict], mark: str = "") -> str:
+    """'| subset | BA per seed | BA m±s | AUC m±s | low-count recall |' over every seed scored."""
+    r = [s[key] for s in scores.values()]
+    per_seed = " | ".join(f"{x['ba']:.3f}" for x in r)
+    return (f"| {label(key)}{mark} | {per_seed} | "
+            f"{mean_std([x['ba'] for x in r])} | {mean_std([x['auc'] for x in r])} | "
+            f"{np.mean([x['low_recall'] for x in r]):.2f} |")
 
 
 def plot_rules(chosen: dict, reported: list[dict], marked: dict[str, tuple], path: Path) -> Path:
@@ -133,28 +142,39 @@ def main(argv=None) -> list[str]:
     args = parse_args(argv)
     dataset = load_dataset(args.data_dir)
     low = dataset.train.index[dataset.train["LYMPH_COUNT"].astype(float) < LOW_COUNT]
-    scores = {seed: rule_scores(model_runs(args, seed), low) for seed in [args.choose_seed, *args.seeds]}
-    chosen, reported = scores[args.choose_seed], [scores[s] for s in args.seeds]
-    best = max(chosen, key=lambda k: (chosen[k]["ba"], chosen[k]["auc"]))
-    order = sorted(chosen, key=lambda k: (-chosen[k]["ba"], -chosen[k]["auc"]))
-    singles = [k for k in chosen if len(k[0]) == 1]
-    default, hindsight = (DEFAULT_SET, "prob_mean"), max(chosen, key=lambda k: np.mean([s[k]["ba"] for s in reported]))
-    rows = list(dict.fromkeys([*order[:TOP], default, hindsight, *singles]))
-    marks = {best: " (chosen)", default: " (pipeline's four)", hindsight: " (best on the report seeds: hindsight)"}
-    figure = plot_rules(chosen, reported, {"chosen": best, "pipeline's four": default, "clinical": singles[0]},
+    seeds = list(dict.fromkeys([*([args.choose_seed] if args.choose_seed is not None else []), *args.seeds]))
+    scores = {seed: rule_scores(model_runs(args, seed), low) for seed in seeds}
+    rotations = ([(args.choose_seed, args.seeds)] if args.choose_seed is not None else
+                 [(s, [t for t in args.seeds if t != s]) for s in args.seeds])
+    picks = [(c, report, choose(scores[c])) for c, report in rotations]
+    first = scores[picks[0][0]]
+    keys = list(first)
+    singles = [k for k in keys if len(k[0]) == 1]
+    default = (DEFAULT_SET, "prob_mean")
+    hindsight = max(keys, key=lambda k: np.mean([scores[s][k]["ba"] for s in args.seeds]))
+    marks = {hindsight: " (best mean over the seeds: hindsight)", default: " (pipeline's four)",
+             **{pick: f" (chosen on seed {c})" for c, _, pick in reversed(picks)}}
+    rows = list(dict.fromkeys([*(p for _, _, p in picks), default, hindsight, *singles]))
+    figure = plot_rules(first, [scores[s] for s in picks[0][1]],
+                        {"chosen": picks[0][2], "pipeline's four": default, "clinical": singles[0]},
                         args.runs_dir / "blend_rules.png")
     record = json.loads(args.encoder.with_suffix(".json").read_text())
-    lines = [f"- data: {args.data_dir}; rule: equal-weight mean of the members' probabilities at 0.5 (nothing fitted); "
-             f"subset chosen on fold seed {args.choose_seed}, reported on {', '.join(map(str, args.seeds))}; "
-             f"{len(chosen)} candidates (subsets of {len(singles)} models x mean of probabilities or logits)",
+    lines = [f"- data: {args.data_dir}; rule: equal-weight mean of the members' probabilities (or logits) at 0.5, "
+             f"nothing fitted; {len(keys)} candidates (subsets of {len(singles)} models x the two means); the subset "
+             f"is chosen on one fold seed and reported on the others",
              f"- SSL encoder {args.encoder}: {record['objective']} {record['backbone']}, "
              f"{record.get('epochs_total', record['epochs'])} epochs; low count: tumoral patients with a lymphocyte "
-             f"count < {LOW_COUNT:g} G/L ({reported[0][best]['n_low']} of them)",
-             f"- chosen on seed {args.choose_seed}: {label(best)}", "",
-             f"| subset (equal weights, 0.5; probabilities unless marked) | BA seed {args.choose_seed} | BA seeds {'-'.join(map(str, args.seeds))} "
-             f"| AUC | low-count recall |", "|---|---|---|---|---|",
-             *[table_row(k, chosen, reported, marks.get(k, "")) for k in rows], "",
-             f"- plot: {figure}"]
+             f"count < {LOW_COUNT:g} G/L ({first[keys[0]]['n_low']} of them)"]
+    for c, report, pick in picks:
+        on = [scores[s][pick] for s in report]
+        base = [scores[s][default] for s in report]
+        lines.append(f"- chosen on seed {c}: {label(pick)}: on seeds {', '.join(map(str, report))} BA "
+                     f"{mean_std([x['ba'] for x in on])}, AUC {mean_std([x['auc'] for x in on])} (pipeline's four "
+                     f"there: BA {mean_std([x['ba'] for x in base])}, AUC {mean_std([x['auc'] for x in base])})")
+    lines += ["", f"| candidate (equal weights, 0.5; probabilities unless marked) | "
+                  f"{' | '.join(f'BA s{s}' for s in scores)} | BA | AUC | low-count recall |",
+              "|---|" + "---|" * (len(scores) + 3), *[table_row(k, scores, marks.get(k, "")) for k in rows], "",
+              f"- plot: {figure} (choice seed {picks[0][0]} against the mean of the others)"]
     publish("Fixed blending rules over every subset of the models (issue 21 item 5)", lines, __file__, argv,
             append=not args.no_append)
     return lines

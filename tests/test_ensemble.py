@@ -242,3 +242,38 @@ def test_a_fixed_threshold_policy_is_submitted_and_estimated_the_same_way(two_ru
     assert saved["threshold"] == 0.5 and metrics["nested"]["threshold_policy"] == "0.5"
     assert metrics["nested"]["per_fold_ba"] == metrics["nested"]["threshold_policies"]["0.5"]["per_fold_ba"]
     assert all(p["threshold"] == 0.5 for p in metrics["nested"]["params_per_fold"].values())
+
+
+def test_equal_fusion_fits_no_weights_and_its_honest_estimate_is_the_plain_cv_score(two_runs, tmp_path):
+    result = ensemble.main(["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--experiment", "equal",
+                            "--fusion", "equal", "--threshold", "0.5"])
+    run_dir = tmp_path / "equal"
+    saved = json.loads((run_dir / "best_params.json").read_text())
+    assert saved["weights"] == {"clin": 0.5, "cnn": 0.5} and saved["method"] == "prob_mean" and saved["threshold"] == 0.5
+    assert not (run_dir / "study.db").exists() and (run_dir / "roc.png").exists()
+    runs = load_runs(two_runs)
+    mean = runs.oof.mean(axis=1)
+    by_hand = [fusion.balanced_accuracy(runs.target[runs.fold == k], mean[runs.fold == k], 0.5) for k in range(5)]
+    nested = result["metrics"]["nested"]
+    assert nested["ba_mean"] == pytest.approx(np.mean(by_hand))  # nothing fitted: the honest score is the CV score
+    assert result["metrics"]["fusion"] == "equal" and result["metrics"]["n_trials"] == 0
+    tuned = nested["params_per_fold"]  # with --threshold tuned the threshold alone is searched, on the other folds
+    assert all(p["weights"] == {"clin": 0.5, "cnn": 0.5} for p in tuned.values())
+    searched = ensemble.main(["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--experiment", "equal_t",
+                              "--fusion", "equal", "--threshold", "tuned"])["metrics"]["nested"]
+    for k, params in searched["params_per_fold"].items():
+        rest = runs.fold != int(k)
+        assert params["threshold"] == fusion.best_threshold(runs.target[rest], mean[rest])
+
+
+def test_an_ensemble_made_before_the_fusion_option_resumes_as_a_study_only(two_runs, tmp_path):
+    argv = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--experiment", "old", "--trials", "3",
+            "--nested-trials", "2"]
+    ensemble.main(argv)
+    saved = tmp_path / "old" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    saved.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "fusion"}))  # as an older version wrote it
+    assert ensemble.main([*argv, "--resume", "--trials", "4"])["metrics"]["n_trials"] == 4
+    saved.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "fusion"}))
+    with pytest.raises(DataError, match="fusion"):
+        ensemble.main([*argv, "--resume", "--fusion", "equal"])

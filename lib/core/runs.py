@@ -21,6 +21,8 @@ from lib.core.paths import REPO_DIR
 log = logging.getLogger(__name__)
 NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "trials", "nested_trials",
                           "progress", "embed_batch", "cache_dir", "verbose"}
+# Options added after runs were made, with the value an older run's config.yaml (which lacks them) stands for
+LATER_OPTION_DEFAULTS = {"fusion": "study"}
 LOCK_NAME = ".lock"
 _HELD_LOCKS: dict[Path, int] = {}  # run dir -> open fd of its lock file, held (flock) until the process exits
 
@@ -116,7 +118,7 @@ def _check_same_config(saved: Path, config: dict) -> None:
     """A resumed run must use the settings it was started with."""
     old = yaml.safe_load(saved.read_text()) or {}
     changed = sorted(k for k in set(old) | set(config)
-                     if k not in NOT_COMPARED_ON_RESUME and old.get(k) != config.get(k))
+                     if k not in NOT_COMPARED_ON_RESUME and old.get(k, LATER_OPTION_DEFAULTS.get(k)) != config.get(k))
     if changed:
         raise DataError(f"{saved}: cannot resume with different settings ({', '.join(changed)})")
 

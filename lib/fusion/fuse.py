@@ -25,6 +25,8 @@ THRESHOLD_RANGE = (0.05, 0.95)
 # The submitted decision threshold (ensemble.py --threshold): the study's, a fixed 0.5, or the OOF prevalence
 # quantile; the nested estimate scores all three (lib.fusion.tune.policy_threshold)
 THRESHOLD_POLICIES = ("tuned", "0.5", "prevalence")
+# How the weights are set (ensemble.py --fusion): an Optuna study, or equal (nothing fitted; lib.fusion.tune)
+FUSIONS = ("study", "equal")
 EPS = 1e-6
 
 

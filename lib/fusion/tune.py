@@ -1,7 +1,9 @@
-"""Tuning a fusion: a seeded Optuna study over one weight per run, the method and the threshold.
+"""Tuning a fusion: a seeded Optuna study over one weight per run, the method and the threshold, or none.
 
 The study (lib.core.study) maximises the pooled OOF BA, the equal-weight probability mean at 0.5
-enqueued first. The honest estimate repeats the search for each fold k on the OOF of the other folds
+enqueued first. ``fusion="equal"`` fits no weights: the equal-weight probability mean, with only the
+threshold searched on the tuning patients (used by the ``tuned`` policy; 0.5 by default), so the blend
+cannot overfit its weights on ~90 patients. The honest estimate repeats the search for each fold k on the OOF of the other folds
 only (in-memory studies) and scores fold k, with the searched threshold and, to validate that choice, with
 two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC of the held-out scores;
 each model alone is reported at 0.5 and at its own threshold
@@ -71,8 +73,20 @@ def tune(probas: pd.DataFrame, target: pd.Series, study, n_trials: int, desc: st
     return params_from_trial(study.best_params, names)
 
 
+def equal_fusion(probas: pd.DataFrame, target: pd.Series) -> FusionParams:
+    """Equal weights, probability mean; the threshold that maximises BA on these patients (for the ``tuned``
+    policy)."""
+    equal = FusionParams(weights={n: 1.0 / probas.shape[1] for n in probas.columns})
+    return with_threshold(equal, best_threshold(target.loc[probas.index], fuse(probas, equal)))
+
+
+def fit_fusion(probas: pd.DataFrame, target: pd.Series, fusion: str, study, n_trials: int, desc: str) -> FusionParams:
+    """The fusion of ``probas``: the study's best (topped up to ``n_trials``) or the equal-weight mean."""
+    return equal_fusion(probas, target) if fusion == "equal" else tune(probas, target, study, n_trials, desc)
+
+
 def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int,
-                    policy: str = "tuned") -> dict:
+                    policy: str = "tuned", fusion: str = "study") -> dict:
     """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k at the ``policy``'s threshold
     (every policy is reported too); mean±std over folds.
 
@@ -81,8 +95,8 @@ def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int,
     per_fold, params, policies, held_scores = {}, {}, {p: {} for p in THRESHOLD_POLICIES}, []
     for k in sorted(runs.fold.unique()):
         tune_ids, held_ids = runs.fold.index[runs.fold != k], runs.fold.index[runs.fold == k]
-        study = open_study(f"{study_name}_nested_fold{k}", MEMORY, run_dir, seed + 1 + int(k))
-        best = tune(runs.oof.loc[tune_ids], runs.target, study, n_trials, f"nested fold {k}")
+        study = open_study(f"{study_name}_nested_fold{k}", MEMORY, run_dir, seed + 1 + int(k)) if fusion == "study" else None
+        best = fit_fusion(runs.oof.loc[tune_ids], runs.target, fusion, study, n_trials, f"nested fold {k}")
         reference = runs.oof.loc[tune_ids]
         held = fuse(runs.oof.loc[held_ids], best, reference=reference)
         held_scores.append(held)
@@ -147,21 +161,23 @@ def is_clinical_run(config: dict) -> bool:
 
 
 def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: int, nested_trials: int,
-                      seed: int, policy: str = "tuned") -> tuple[FusionParams, pd.Series, dict]:
+                      seed: int, policy: str = "tuned", fusion: str = "study") -> tuple[FusionParams, pd.Series, dict]:
     """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics).
 
-    ``policy``: the submitted threshold is the study's (``tuned``), 0.5, or the OOF prevalence quantile; the
-    weights and method are the study's in every case, and the nested estimate applies the same policy.
+    ``policy``: the submitted threshold is the searched one (``tuned``), 0.5, or the OOF prevalence quantile;
+    the weights and method are the study's (``fusion="study"``) or equal (``"equal"``, no study: ``study`` is
+    None), and the nested estimate applies the same fusion and policy.
     """
-    best = tune(runs.oof, runs.target, study, n_trials, "fusion study")
+    best = fit_fusion(runs.oof, runs.target, fusion, study, n_trials, "fusion study")
     fused = fuse(runs.oof, best, reference=runs.oof)
     best = with_threshold(best, policy_threshold(policy, best.threshold, fused, runs.target))
     metrics = {"in_sample": {"pooled_ba": fused_ba(runs.oof, runs.target, best, runs.oof),
                              "auc": binary_scores(runs.target, fused)["auc"],
                              **per_fold_ba(fused, runs.target, runs.fold, best.threshold)},
-               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed, policy),
+               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed, policy, fusion),
                "equal_weight_prob_mean_0.5": per_fold_ba(fuse(runs.oof, FusionParams({})), runs.target, runs.fold, 0.5),
                "models": {n: model_baseline(runs.oof[n], runs.target, runs.fold) for n in runs.names},
                "clinical_runs": [n for n, c in zip(runs.names, runs.configs) if is_clinical_run(c)],
-               "top_trials": top_trials_summary(study), "n_trials": n_trials}
+               "fusion": fusion, "top_trials": top_trials_summary(study) if study is not None else [],
+               "n_trials": n_trials if study is not None else 0}
     return best, fused, metrics

@@ -1,8 +1,8 @@
 """The ensemble stage: tune a fusion of compatible runs (lib.fusion.tune) and write the ensemble run's outputs.
 
 Writes into the run directory: best_params.json (weights, method, threshold, and each fused run with the
-hashes of its predictions), metrics.json (in-sample and nested estimates, each model alone), study.db,
-the fused oof.csv, roc.png and the optimisation plots.
+hashes of its predictions), metrics.json (in-sample and nested estimates, each model alone), study.db and the
+optimisation plots (not for equal weights: no study), the fused oof.csv and roc.png.
 """
 from pathlib import Path
 
@@ -19,17 +19,20 @@ DEFAULT_STORAGE_NOTE = "sqlite:///<run_dir>/study.db"
 
 
 def run_ensemble(runs: RunSet, run_dir: Path, n_trials: int, nested_trials: int, storage: str | None,
-                 seed: int, name: str, policy: str = "tuned") -> dict:
-    """Tune the fusion (resuming the study), estimate it honestly, write every output; return params and metrics."""
-    study = open_study(name, storage, run_dir, seed)
-    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name, n_trials, nested_trials, seed, policy)
-    write_outputs(runs, run_dir, best, fused, metrics, safe_url(storage) or DEFAULT_STORAGE_NOTE)
-    save_study_plots(study, run_dir)
+                 seed: int, name: str, policy: str = "tuned", fusion: str = "study") -> dict:
+    """Tune the fusion (resuming the study; no study for equal weights), estimate it honestly, write every output;
+    return params and metrics."""
+    study = open_study(name, storage, run_dir, seed) if fusion == "study" else None
+    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name, n_trials, nested_trials, seed, policy, fusion)
+    storage_note = (safe_url(storage) or DEFAULT_STORAGE_NOTE) if study is not None else None
+    write_outputs(runs, run_dir, best, fused, metrics, storage_note)
+    if study is not None:
+        save_study_plots(study, run_dir)
     return {"params": best, "metrics": metrics}
 
 
 def write_outputs(runs: RunSet, run_dir: Path, best: FusionParams, fused: pd.Series, metrics: dict,
-                  storage: str) -> None:
+                  storage: str | None) -> None:
     """best_params.json, metrics.json, the fused oof.csv and the ROC of every model and the blend."""
     run_dir = Path(run_dir)
     atomic_write_json({**vars(best), "runs": runs.signatures(), "n_folds": runs.n_folds,
