@@ -2,7 +2,7 @@
 one fold seed and reported on others (issue 21 item 5: what the blend needs from the images).
 
 Usage: python benchmarks/bench_blend_rules.py --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
-       [--choose-seed 42] [--seeds 43 44 45] [--runs-dir runs/bench_encfeat] [--no-append]
+       [--choose-seed 42] [--seeds 43 44 45] [--runs-dir runs/bench_encfeat] [--ensembles DIR ...] [--no-append]
 Models, one 5-fold run per fold seed (bench_encoder_features.py's runs, reused from --runs-dir when finished):
 clinical, clinical+morpho and clinical+encoder (train_clinical.py), the default ImageNet CNNs (mean and attention
 heads with clinical fusion) and the SSL encoder's image-only mean head (train_cnn.py). Rules: the equal-weight
@@ -11,7 +11,8 @@ nothing, so its CV score on one subset is honest; choosing the subset and the me
 fold seed (BA at 0.5, then AUC) and reported on the others: on --choose-seed and reported on --seeds, or, by
 default, on each of --seeds in turn (the runs of fold seeds 43-45 are those bench_encoder_features.py leaves). Quality: BA at 0.5 and AUC, mean±std over the seeds of the fold mean (as every model line), and the
 recall on the tumoral patients with a low lymphocyte count (< LOW_COUNT G/L), where the clinical values cannot
-decide. Plot: every subset's BA on the choice seed against its mean BA on the report seeds.
+decide. Plot: every subset's BA on the choice seed against its mean BA on the report seeds. --ensembles: for
+every ensemble.py run found there, its Optuna weights (nested estimate) against equal weights on the same runs.
 """
 import argparse
 import itertools
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="fold seed the subset is chosen on (default: each of --seeds in turn, the others reporting)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45], help="fold seeds reported")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench_encfeat"), help="kept: finished runs are reused")
+    parser.add_argument("--ensembles", type=Path, nargs="*", default=[],
+                        help="runs directories whose ensemble.py runs (<name>_s<seed>) to read: their equal-weight "
+                             "score beside the study's nested one, per blend")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
 
@@ -138,6 +142,30 @@ def plot_rules(chosen: dict, reported: list[dict], marked: dict[str, tuple], pat
     return save_figure(fig, path)
 
 
+def study_vs_equal(dirs: list[Path]) -> list[str]:
+    """Per blend (ensemble runs named <name>_s<seed>): the Optuna study's nested BA at 0.5 beside the equal-weight
+    mean at 0.5 on the same runs (ensemble.py's metrics.json), mean±std over the fold seeds."""
+    blends: dict[str, list[dict]] = {}
+    for path in sorted(p for d in dirs for p in d.glob("*_s[0-9]*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if "nested" in metrics and "equal_weight_prob_mean_0.5" in metrics:
+            blends.setdefault(f"{path.parent.parent.name}/{path.parent.name.rsplit('_s', 1)[0]}", []).append(metrics)
+    if not blends:
+        return []
+    lines = ["", "| blend (ensemble runs) | members | seeds | study weights, nested BA at 0.5 | equal weights, BA at 0.5 |",
+             "|---|---|---|---|---|"]
+    wins = []
+    for name, runs in blends.items():
+        study = [m["nested"]["threshold_policies"]["0.5"]["ba_mean"] for m in runs]
+        equal = [m["equal_weight_prob_mean_0.5"]["ba_mean"] for m in runs]
+        wins.append(np.mean(equal) - np.mean(study))
+        lines.append(f"| {name} | {len(runs[0]['models'])} | {len(runs)} | {mean_std(study)} | {mean_std(equal)} |")
+    lines.append(f"- equal weights minus the study, mean over the {len(wins)} blends: {np.mean(wins):+.3f} "
+                 f"(equal ahead in {sum(w > 0.0005 for w in wins)}, level in {sum(abs(w) <= 0.0005 for w in wins)}, "
+                 f"behind in {sum(w < -0.0005 for w in wins)})")
+    return lines
+
+
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     dataset = load_dataset(args.data_dir)
@@ -174,7 +202,8 @@ def main(argv=None) -> list[str]:
     lines += ["", f"| candidate (equal weights, 0.5; probabilities unless marked) | "
                   f"{' | '.join(f'BA s{s}' for s in scores)} | BA | AUC | low-count recall |",
               "|---|" + "---|" * (len(scores) + 3), *[table_row(k, scores, marks.get(k, "")) for k in rows], "",
-              f"- plot: {figure} (choice seed {picks[0][0]} against the mean of the others)"]
+              f"- plot: {figure} (choice seed {picks[0][0]} against the mean of the others)",
+              *study_vs_equal(args.ensembles)]
     publish("Fixed blending rules over every subset of the models (issue 21 item 5)", lines, __file__, argv,
             append=not args.no_append)
     return lines
