@@ -87,7 +87,7 @@ def stage_args(args: argparse.Namespace, night_dir: Path, encoder_on: bool) -> a
     """pipeline.py's settings for its stage builders, inside the night directory."""
     return argparse.Namespace(runs_dir=night_dir, folds_dir=args.folds_dir, cache_dir=args.cache_dir,
                               cnn_config=args.cnn_config, pretrain_config=args.pretrain_config if encoder_on else None,
-                              with_finetune=None, trials=args.ensemble_trials, out=args.out)
+                              with_finetune=None, trials=args.ensemble_trials, fusion="study", out=args.out)
 
 
 def study_names(name: str) -> dict[str, str]:
