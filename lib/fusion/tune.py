@@ -3,11 +3,11 @@
 The study (lib.core.study) maximises the pooled OOF BA, the equal-weight probability mean at 0.5
 enqueued first. ``fusion="equal"`` fits no weights: the equal-weight probability mean, with only the
 threshold searched on the tuning patients (used by the ``tuned`` policy; 0.5 by default), so the blend
-cannot overfit its weights on ~90 patients. The honest estimate repeats the search for each fold k on the OOF of the other folds
-only (in-memory studies) and scores fold k, with the searched threshold and, to validate that choice, with
-two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC of the held-out scores;
-each model alone is reported at 0.5 and at its own threshold
-(tuned in-sample, and tuned on the other folds).
+cannot overfit its weights on ~90 patients. The honest estimate repeats the search for each fold k on the
+OOF of the other folds only (in-memory studies) and scores fold k, with the searched threshold and, to
+validate that choice, with two fixed ones (0.5, and the tuning patients' prevalence quantile), plus the AUC
+of the held-out scores; each model alone is reported at 0.5 and at its own threshold (tuned in-sample, and
+tuned on the other folds).
 """
 from pathlib import Path
 
@@ -178,6 +178,6 @@ def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: i
                "equal_weight_prob_mean_0.5": per_fold_ba(fuse(runs.oof, FusionParams({})), runs.target, runs.fold, 0.5),
                "models": {n: model_baseline(runs.oof[n], runs.target, runs.fold) for n in runs.names},
                "clinical_runs": [n for n, c in zip(runs.names, runs.configs) if is_clinical_run(c)],
-               "fusion": fusion, "top_trials": top_trials_summary(study) if study is not None else [],
+               "fusion": fusion, "top_trials": top_trials_summary(study) if study is not None else {},
                "n_trials": n_trials if study is not None else 0}
     return best, fused, metrics
