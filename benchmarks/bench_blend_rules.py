@@ -25,8 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encoder_features import PREFIX  # noqa: E402
-from benchmarks.bench_ssl import clinical_run, cnn_run  # noqa: E402
-from benchmarks.common import publish  # noqa: E402
+from benchmarks.bench_ssl import clinical_run, clinical_run_name, cnn_run, cnn_run_name  # noqa: E402
+from benchmarks.common import finished, publish, total_epochs  # noqa: E402
 from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
@@ -54,24 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def reuse(run: Path, train) -> Path:
-    """A finished run (its metrics.json exists) as it is, else ``train()``'s; the run directory."""
-    if not (run / "metrics.json").exists():
-        train()
-    return run
-
-
 def model_runs(args, seed: int) -> dict[str, Path]:
     """The six models' run directories on one fold seed (trained when missing)."""
     d, encoder = args.runs_dir, ["--encoder", str(args.encoder), "--no-progress"]
 
     def clinical(feature_set: str, extra=()) -> Path:
-        return reuse(d / f"{PREFIX}_{feature_set.replace('+', '_')}_s{seed}",
-                     lambda: clinical_run(args, d, seed, feature_set, prefix=PREFIX, extra=extra))
+        run = d / clinical_run_name(PREFIX, feature_set, seed)
+        finished(run, lambda: clinical_run(args, d, seed, feature_set, prefix=PREFIX, extra=extra))
+        return run
 
     def cnn(encoder_name: str, weights, head: str, fusion: bool) -> Path:
-        return reuse(d / f"ssl_bench_{encoder_name}_{head}_{'fusion' if fusion else 'image'}_s{seed}",
-                     lambda: cnn_run(args, d, encoder_name, weights, head, fusion, seed))
+        run = d / cnn_run_name(encoder_name, head, fusion, seed)
+        finished(run, lambda: cnn_run(args, d, encoder_name, weights, head, fusion, seed))
+        return run
 
     return {"clinical": clinical("clinical"), "clinical+morpho": clinical("clinical+morpho"),
             "clinical+encoder": clinical("clinical+encoder", encoder),
@@ -191,7 +186,7 @@ def main(argv=None) -> list[str]:
              f"nothing fitted; {len(keys)} candidates (subsets of {len(singles)} models x the two means); the subset "
              f"is chosen on one fold seed and reported on the others",
              f"- SSL encoder {args.encoder}: {record['objective']} {record['backbone']}, "
-             f"{record.get('epochs_total', record['epochs'])} epochs; low count: tumoral patients with a lymphocyte "
+             f"{total_epochs(record)} epochs; low count: tumoral patients with a lymphocyte "
              f"count < {LOW_COUNT:g} G/L ({first[keys[0]]['n_low']} of them)"]
     for c, report, pick in picks:
         on = [scores[s][pick] for s in report]

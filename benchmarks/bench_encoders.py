@@ -27,7 +27,7 @@ import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
 from benchmarks.bench_pooled import cv_oof  # noqa: E402
-from benchmarks.common import publish, quality_line  # noqa: E402
+from benchmarks.common import epochs_label, finished, publish, quality_line  # noqa: E402
 from lib.cnn.pooled import encoder_embeddings, pooled_rows  # noqa: E402
 from lib.core.config import parse_config  # noqa: E402
 from lib.core.metrics import fold_metrics  # noqa: E402
@@ -114,12 +114,6 @@ def planned_epochs(args, n_cells: int) -> tuple[dict, dict]:
     return rates, {name: max(1, round(args.minutes * 60 * rate / n_cells)) for name, rate in rates.items()}
 
 
-def finished(run_dir: Path, train) -> dict:
-    """The metrics of a finished run (metrics.json), else what ``train`` returns (a kill-then-rerun resumes)."""
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else train()
-
-
 def pretrain(args, name: str, epochs: int) -> dict:
     done = (args.runs_dir / encoder_name(args, name)).exists()
     return pretrain_cnn.main([*recipe_argv(args, name), "--epochs", str(epochs), *(["--resume"] if done else [])])
@@ -169,12 +163,6 @@ def plot_budget(results: dict, clinical: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
-
-
-def epochs_label(record: dict, unit: str = "ep") -> str:
-    """'25 ep', or '50+40 ep' for a run continued from another encoder."""
-    parent = record.get("epochs_total", record["epochs"]) - record["epochs"]
-    return f"{parent}+{record['epochs']} {unit}" if parent else f"{record['epochs']} {unit}"
 
 
 def main(argv=None) -> list[str]:

@@ -53,9 +53,17 @@ def encoder_run(args, runs_dir: Path) -> Path:
     return runs_dir / "ssl"
 
 
+def cnn_run_name(encoder: str, head: str, fusion: bool, seed: int) -> str:
+    return f"ssl_bench_{encoder}_{head}_{'fusion' if fusion else 'image'}_s{seed}"
+
+
+def clinical_run_name(prefix: str, feature_set: str, seed: int) -> str:
+    return f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
+
+
 def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, seed: int) -> dict:
     """One 5-fold CV of a frozen encoder + head; its metrics."""
-    name = f"ssl_bench_{encoder}_{head}_{'fusion' if fusion else 'image'}_s{seed}"
+    name = cnn_run_name(encoder, head, fusion, seed)
     extra = ["--weights", str(weights)] if encoder == "ssl" else []
     metrics = train_cnn.main(["-c", str(ENCODERS[encoder]), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
                               "--fold-seed", str(seed), "--experiment", name, "--head", head, "--no-progress",
@@ -66,7 +74,7 @@ def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion
 def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str = "ssl_bench", extra=()) -> dict:
     """One 5-fold CV of train_clinical.py on a feature set (``extra``: more options), named
     ``<prefix>_<feature set>_s<seed>``; its metrics."""
-    name = f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
+    name = clinical_run_name(prefix, feature_set, seed)
     metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
                                    str(runs_dir), "--experiment", name, "--feature-set", feature_set, *extra])
     return {**metrics, "run": runs_dir / name}

@@ -114,6 +114,23 @@ def over_seeds(args, prefix: str, run_seed) -> list:
     return per_seed
 
 
+def finished(run_dir: Path, train) -> dict:
+    """The metrics of a finished run (metrics.json), else what ``train`` returns (a kill-then-rerun resumes)."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else train()
+
+
+def total_epochs(record: dict) -> int:
+    """An encoder's pretraining epochs in all (encoder.json; a continued run counts its parent's too)."""
+    return int(record.get("epochs_total", record["epochs"]))
+
+
+def epochs_label(record: dict, unit: str = "ep") -> str:
+    """'25 ep', or '50+40 ep' for a run continued from another encoder."""
+    parent = total_epochs(record) - record["epochs"]
+    return f"{parent}+{record['epochs']} {unit}" if parent else f"{record['epochs']} {unit}"
+
+
 def quality_line(name: str, runs: list[dict], wall: bool = False) -> str:
     """'- name: BA m±s, AUC m±s (per seed BA ...)' from the metrics.json of one run per fold seed.
 

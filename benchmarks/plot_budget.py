@@ -4,8 +4,9 @@ pretraining epochs, from finished ``bench_encoders.py`` runs directories.
 Usage: python benchmarks/plot_budget.py runs/bench_encoders_25ep [runs/bench_encoders ...] [--out FIG.png]
        [--point "LABEL:EPOCHS:AUC_MEAN:AUC_STD"] ...
 Each encoder run ``enc_<recipe>[_seed<k>]`` of a directory gives one point per scoring: its epochs (from
-encoder.json; a run continued from another encoder counts the parent's epochs too, ``epochs_total``) and the image-only AUC of the mean head (``<encoder>_mean_image_s<seed>/metrics.json``,
-mean±std over the fold seeds present). ``--point`` adds a published number whose runs are not on this machine
+encoder.json; a run continued from another encoder counts the parent's epochs too, ``epochs_total``) and the
+image-only AUC of the mean head (``<encoder>_mean_image_s<seed>/metrics.json``, mean±std over the fold seeds
+present). ``--point`` adds a published number whose runs are not on this machine
 (say, a block of BENCHMARKS.md measured on another machine), drawn hollow and labelled as given. The clinical
 model of the same folds (``enc_clinical_s<seed>``) is the dashed line. Nothing is trained here.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import epochs_label, total_epochs  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 
 ENCODER_DIR = re.compile(r"^enc_(?P<recipe>[a-z_]+?)(?:_seed(?P<seed>\d+))?$")
@@ -45,10 +47,10 @@ def encoder_points(runs_dir: Path) -> list[dict]:
             continue
         record = json.loads(record_path.read_text())
         auc = [m["auc_mean"] for m in scores]
-        parent = record.get("epochs_total", record["epochs"]) - record["epochs"]
-        restart = f", {parent}+{record['epochs']} warm restart" if parent else ""
+        continued = total_epochs(record) != record["epochs"]
+        restart = f", {epochs_label(record, 'warm restart')}" if continued else ""
         label = f"{match['recipe']} (seed {match['seed'] or 0}{restart})"
-        points.append({"label": label, "epochs": record.get("epochs_total", record["epochs"]),
+        points.append({"label": label, "epochs": total_epochs(record),
                        "auc": float(np.mean(auc)), "std": float(np.std(auc)), "n": len(auc), "published": False})
     return points
 

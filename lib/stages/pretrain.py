@@ -107,7 +107,7 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
 
 def lineage(weights: str, epochs: int) -> dict:
     """Continued pretraining (--weights another run's encoder.pth): the parent's tag and the epochs in all."""
-    parent = encoder_record(Path(weights)) if weights not in (None, "", "none", "lite0") else None
+    parent = encoder_record(Path(weights)) if weights else None  # None for 'none', 'lite0' and other weights
     if parent is None:
         return {"epochs_total": epochs}
     return {"init_weights_tag": parent["weights_tag"],
