@@ -1,4 +1,5 @@
-"""Benchmark: JPEG decode throughput vs reading the decoded-image cache, on a competition directory.
+"""Benchmark: JPEG decode throughput vs reading the decoded-image cache, on a competition directory; and the cost
+of the cells' content digests every cache is keyed on (hashed once, then remembered by file stat).
 
 Usage: python benchmarks/bench_decode.py [--data-dir ../shared/data/lymphocytosis] [--crop 112]
 Prints img/s and appends a dated block to BENCHMARKS.md (unless --no-append).
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import publish  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 from lib.data.dataset import load_dataset  # noqa: E402
+from lib.data.digests import content_digests  # noqa: E402
 from lib.data.images import load_image_cache, read_image  # noqa: E402
 
 
@@ -48,13 +50,21 @@ def main(argv=None) -> list[str]:
         build = timed(lambda: load_image_cache(dataset, args.crop, cache_dir=tmp, progress=False))
         cache = load_image_cache(dataset, args.crop, cache_dir=tmp, progress=False)
         read = timed(lambda: [np.array(cache.patient(pid)) for pid in dataset.patients.index])
+        store = tmp / "digests.csv"
+        hashed = timed(lambda: content_digests([str(p) for p in paths], store, progress=False))
+        remembered = timed(lambda: content_digests([str(p) for p in paths], store, progress=False))
+        reopen = timed(lambda: load_image_cache(dataset, args.crop, cache_dir=tmp, progress=False))
     finally:
         shutil.rmtree(tmp)
     lines = [f"- dataset: {dataset.name}, {len(paths)} images (224x224 JPEG)",
              f"- decode + centre crop, cv2, 1 thread: {rate(len(sample), one)}",
              f"- decode + centre crop, cv2, 2 threads: {rate(len(sample), two)}",
              f"- build decoded cache (crop {args.crop}, 2 threads, includes decode): {rate(len(paths), build)}",
-             f"- read every bag from the cache (crop {args.crop}, warm page cache): {rate(len(paths), read)}"]
+             f"- read every bag from the cache (crop {args.crop}, warm page cache): {rate(len(paths), read)}",
+             f"- content digests (SHA-1 of every file, 2 threads, warm page cache; what a copied or touched data directory costs): "
+             f"{rate(len(paths), hashed)}",
+             f"- content digests remembered (stat of every file + the store): {remembered:.2f} s; opening the warm "
+             f"decoded cache (index, digests, memmap): {reopen:.2f} s"]
     publish("JPEG decode vs decoded cache", lines, __file__, argv, append=not args.no_append)
     return lines
 

@@ -3,6 +3,7 @@
 Usage: python benchmarks/bench_encoders.py [--data-dir ../shared/data/lymphocytosis] [--minutes 25]
        [--recipes simclr dino simclr_stain] [--seeds 43 44 45] [--runs-dir runs/bench_encoders] [--no-append]
        [--epochs 40 --init runs/bench_encoders_50ep/enc_simclr_seed1]   # continue a finished encoder (warm restart)
+       [--input-size 96]   # a larger network input than the preset's 64 px (the same 112-px crops)
 Each recipe is pretrain_cnn.py with a preset and a few options (RECIPES below). Equal budget: before any
 training, each recipe's real training step (its views, its objective) is timed on this machine's idle cores
 (PROBE_STEPS steps after a warm-up), and its epochs are set so that its pretraining takes ``--minutes`` at
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path, default=None,
                         help="continue a finished run: its encoder.pth as every recipe's --weights (a fresh head and "
                              "schedule: a warm restart); the plot counts the parent's epochs too")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="network input side in pixels for every recipe (default: the preset's)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bench_encoders"), help="kept: reruns resume")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
@@ -71,7 +74,8 @@ def recipe_argv(args, name: str) -> list[str]:
     config, *extra = RECIPES[name]
     return ["-c", config, *extra, "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir),
             "--experiment", encoder_name(args, name), "--seed", str(args.seed), "--no-progress",
-            *(["--weights", str(args.init / "encoder.pth")] if args.init else [])]
+            *(["--weights", str(args.init / "encoder.pth")] if args.init else []),
+            *(["--input-size", str(args.input_size)] if args.input_size else [])]
 
 
 def probe_rate(args, name: str) -> float:
@@ -119,9 +123,11 @@ def pretrain(args, name: str, epochs: int) -> dict:
     return pretrain_cnn.main([*recipe_argv(args, name), "--epochs", str(epochs), *(["--resume"] if done else [])])
 
 
-def cnn_image_only(args, name: str, seed: int) -> dict:
+def cnn_image_only(args, name: str, seed: int, record: dict) -> dict:
+    """The embed regime's mean head on the frozen encoder, image-only, at the crop and input size it was trained on."""
     experiment = f"{encoder_name(args, name)}_mean_image_s{seed}"
     argv = ["-c", str(CONFIGS_DIR / "cnn_cpu_ssl.yaml"), "--weights", str(args.runs_dir / encoder_name(args, name) / "encoder.pth"),
+            "--crop", str(record["crop"]), "--input-size", str(record["input_size"]),
             "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir), "--fold-seed", str(seed),
             "--experiment", experiment, "--no-clinical-fusion", "--no-progress"]
     return finished(args.runs_dir / experiment, lambda: train_cnn.main(argv))
@@ -176,7 +182,7 @@ def main(argv=None) -> list[str]:
     results = {}
     for name in args.recipes:
         record = pretrain(args, name, epochs[name])
-        results[name] = {"record": record, "cnn": [cnn_image_only(args, name, s) for s in args.seeds],
+        results[name] = {"record": record, "cnn": [cnn_image_only(args, name, s, record) for s in args.seeds],
                          "pooled": pooled_image_only(args, dataset, record, args.runs_dir / encoder_name(args, name))}
         print(quality_line(f"{name} mean head", results[name]["cnn"]), flush=True)
     figure = plot_budget(results, clinical, args.runs_dir / "budget.png")
@@ -190,14 +196,16 @@ def main(argv=None) -> list[str]:
     for name, r in results.items():
         rec = r["record"]
         lines.append(f"- {name} (`{' '.join(RECIPES[name][1:]) or 'preset'}` on {Path(RECIPES[name][0]).name}): "
-                     f"{f'probe {rates[name]:.0f} cells/s -> ' if args.epochs is None else ''}{epochs_label(rec, 'epochs')}, {rec['seconds'] / 60:.1f} min of "
+                     f"{f'probe {rates[name]:.0f} cells/s -> ' if args.epochs is None else ''}{epochs_label(rec, 'epochs')} at "
+                     f"{rec['input_size']} px ({rec['crop']}-px crops), {rec['seconds'] / 60:.1f} min of "
                      f"epochs, {rec['img_per_s']:.0f} img/s, {rec['precision']}, final loss {rec['loss_per_epoch'][-1]:.3f}")
         lines.append(quality_line(f"{name}, mean head, image-only", r["cnn"]).replace("- ", "  - ", 1))
         lines.append(quality_line(f"{name}, pooled mean PCA8, image-only", r["pooled"]).replace("- ", "  - ", 1))
     lines.append(f"- plot: {figure} (image-only AUC against pretraining minutes)")
     total = epochs_label(next(iter(results.values()))["record"], "").strip()
     title = ("Self-supervised objectives at the same pretraining budget" if args.epochs is None else
-             f"Self-supervised encoders at {total} epochs (budget curve, issue 21 item 1)")
+             f"Self-supervised encoders at {total} epochs{f', {args.input_size} px' if args.input_size else ''} "
+             f"(budget curve, issue 21 item 1)")
     publish(title, lines, __file__, argv,
             append=not args.no_append)
     return lines

@@ -52,6 +52,9 @@ def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
     for policy, value in nested.get("threshold_policies", {}).items():  # the threshold validated like a model
         if policy != "tuned":
             scores[f"blend (nested, threshold {policy})"] = (value["ba_mean"], nested.get("auc", np.nan))
+    if "equal_weight_prob_mean_0.5" in blend:  # the fixed rule beside the study, on the same model runs
+        equal = blend["equal_weight_prob_mean_0.5"]
+        scores["blend (equal weights, 0.5, nothing fitted)"] = (equal["ba_mean"], equal.get("auc", np.nan))
     return scores
 
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import epochs_label, total_epochs  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 
+PRESET_INPUT = 64  # the pretraining presets' input side: other sizes are named in the labels
 ENCODER_DIR = re.compile(r"^enc_(?P<recipe>[a-z_]+?)(?:_seed(?P<seed>\d+))?$")
 
 
@@ -49,15 +50,16 @@ def encoder_points(runs_dir: Path) -> list[dict]:
         auc = [m["auc_mean"] for m in scores]
         continued = total_epochs(record) != record["epochs"]
         restart = f", {epochs_label(record, 'warm restart')}" if continued else ""
-        label = f"{match['recipe']} (seed {match['seed'] or 0}{restart})"
-        points.append({"label": label, "epochs": total_epochs(record),
+        size = f", {record['input_size']} px" if record["input_size"] != PRESET_INPUT else ""
+        label = f"{match['recipe']} (seed {match['seed'] or 0}{restart}{size})"
+        points.append({"label": label, "series": f"{match['recipe']}{size}", "epochs": total_epochs(record),
                        "auc": float(np.mean(auc)), "std": float(np.std(auc)), "n": len(auc), "published": False})
     return points
 
 
 def published(text: str) -> dict:
     label, epochs, auc, std = text.rsplit(":", 3)
-    return {"label": label, "epochs": int(epochs), "auc": float(auc), "std": float(std), "n": 0, "published": True}
+    return {"label": label, "series": label.split(" (")[0], "epochs": int(epochs), "auc": float(auc), "std": float(std), "n": 0, "published": True}
 
 
 def plot(points: list[dict], clinical: list[float], path: Path) -> Path:
@@ -65,7 +67,7 @@ def plot(points: list[dict], clinical: list[float], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colours, placed = {}, {}
     for p in sorted(points, key=lambda p: (p["epochs"], p["auc"])):
-        colour = colours.setdefault(p["label"].split(" (")[0], f"C{len(colours)}")
+        colour = colours.setdefault(p["series"], f"C{len(colours)}")  # one colour per recipe and input size
         ax.errorbar(p["epochs"], p["auc"], yerr=p["std"], fmt="o", capsize=3, color=colour,
                     mfc="none" if p["published"] else colour)
         stacked = placed[p["epochs"]] = placed.get(p["epochs"], -1) + 1  # labels of one budget one above another

@@ -1,4 +1,5 @@
-"""Caches are keyed on the cells' content identity (ID, file, size, mtime_ns): stale ones are recomputed."""
+"""Caches are keyed on the cells' content identity (ID, file, size, SHA-1 of the bytes): stale ones are recomputed,
+copied or touched images reuse them."""
 import logging
 import os
 from pathlib import Path
@@ -36,6 +37,125 @@ def test_image_cache_rebuilt_when_images_are_replaced(tmp_path, caplog):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+def _touch_all(root: Path) -> None:
+    """A later mtime on every image, bytes unchanged (what a copy without -p or a restore does)."""
+    for path in root.rglob("*.jpg"):
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_touched_or_copied_images_reuse_every_cache(tmp_path, caplog):
+    import shutil
+
+    import torch
+
+    from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
+    from lib.features.morphometry.cache import cell_measurements
+
+    class Mean(torch.nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    data, cache = make_2024(tmp_path / "a" / "d", n_cells=2, size=32), tmp_path / "cache"
+    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
+    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+           "crop_pct": 1.0}
+    job = EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+    load_image_cache(load_dataset(data), 24, cache, progress=False)
+    first = cell_measurements(load_dataset(data), cache, progress=False)
+    compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
+    array_path = next(cache.glob("*_c24.u8"))
+    built = array_path.stat().st_mtime_ns
+    _touch_all(data)
+    copy = Path(shutil.copytree(data, tmp_path / "b" / "d", copy_function=shutil.copy))  # new mtimes, same bytes
+    for root in (data, copy):
+        with caplog.at_level(logging.WARNING):
+            images = load_image_cache(load_dataset(root), 24, cache, progress=False)
+            measured = cell_measurements(load_dataset(root), cache, progress=False)
+            embedded = compute_embeddings(load_dataset(root), spec, job, cache, views=["v0"])
+        assert "differ" not in caplog.text
+        assert array_path.stat().st_mtime_ns == built and embedded.computed == 0
+        assert images.index["path"].str.startswith(str(root)).all() and measured["path"].str.startswith(str(root)).all()
+        pd.testing.assert_frame_equal(measured.drop(columns="path"), first.drop(columns="path"))
+
+
+def test_a_damaged_digest_store_is_recomputed_not_trusted(tmp_path):
+    from lib.data.digests import content_digests, file_digest
+
+    data = make_2024(tmp_path / "d", n_cells=2, size=32)
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    store = tmp_path / "store.csv"
+    truth = [file_digest(p) for p in paths]
+    assert content_digests(paths, store, progress=False)["digest"].tolist() == truth
+    whole = store.read_text()
+    for cut in np.linspace(len(whole) // 2, len(whole) - 1, 12).astype(int):  # inside a path, a size, an mtime, a digest
+        store.write_text(whole[:cut])
+        assert content_digests(paths, store, progress=False)["digest"].tolist() == truth, cut
+    store.write_text("not,a,store\n")
+    assert content_digests(paths, store, progress=False)["digest"].tolist() == truth
+
+
+def _as_older_version(index_path: Path, cache: Path) -> None:
+    """Rewrite a cache index as earlier versions wrote it: keyed on size and mtime_ns, no digests."""
+    old = pd.read_csv(index_path, dtype={"ID": str})
+    stats = {(str(r.ID), r.file): r.mtime_ns for r in pd.read_csv(next(cache.glob("*_c24.csv"))).itertuples()}
+    if "mtime_ns" not in old.columns:  # the decoded-image index has it already
+        old.insert(old.columns.get_loc("digest"), "mtime_ns", [stats[(i, f)] for i, f in zip(old["ID"], old["file"])])
+    old.drop(columns=[c for c in old.columns if c == "digest"]).to_csv(index_path, index=False)
+
+
+def test_caches_of_an_older_version_are_upgraded_while_their_file_times_match(tmp_path, caplog):
+    import torch
+
+    from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
+    from lib.features.morphometry.cache import cell_measurements
+
+    class Mean(torch.nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    data, cache = make_2024(tmp_path / "d", n_cells=2, size=32), tmp_path / "cache"
+    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
+    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+           "crop_pct": 1.0}
+    job = EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+    load_image_cache(load_dataset(data), 24, cache, progress=False)
+    first = cell_measurements(load_dataset(data), cache, progress=False)
+    compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
+    indexes = [*cache.glob("morpho/*.csv"), *cache.glob("emb/ds/*.csv")]
+    for index_path in indexes:
+        _as_older_version(index_path, cache)
+    _as_older_version(next(cache.glob("*_c24.csv")), cache)
+    array_path = next(cache.glob("*_c24.u8"))
+    built = array_path.stat().st_mtime_ns
+    with caplog.at_level(logging.WARNING):  # file times unchanged: reused, and rewritten keyed on the digests
+        load_image_cache(load_dataset(data), 24, cache, progress=False)
+        measured = cell_measurements(load_dataset(data), cache, progress=False)
+        assert compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"]).computed == 0
+    assert "differ" not in caplog.text and array_path.stat().st_mtime_ns == built
+    pd.testing.assert_frame_equal(measured, first)
+    assert all("digest" in pd.read_csv(p).columns for p in [*indexes, next(cache.glob("*_c24.csv"))])
+    _touch_all(data)  # upgraded: a touch no longer rebuilds anything
+    with caplog.at_level(logging.WARNING):
+        load_image_cache(load_dataset(data), 24, cache, progress=False)
+        assert compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"]).computed == 0
+    assert "differ" not in caplog.text and array_path.stat().st_mtime_ns == built
+
+
+def test_a_cache_of_an_older_version_whose_file_times_differ_is_rebuilt(tmp_path, caplog):
+    data = make_2024(tmp_path / "d", n_cells=2, size=32)
+    load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
+    index_path = next((tmp_path / "cache").glob("*_c24.csv"))
+    pd.read_csv(index_path).drop(columns="digest").assign(mtime_ns=0).to_csv(index_path, index=False)
+    with caplog.at_level(logging.WARNING):
+        load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
+    assert "older version" in caplog.text and "digest" in pd.read_csv(index_path).columns
+
+
 def test_image_cache_rebuilt_when_images_are_deleted(tmp_path):
     data = make_2024(tmp_path / "d", n_cells=4, size=32)
     load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
@@ -61,7 +181,7 @@ def test_morphometry_rows_follow_the_images(tmp_path, caplog):
                                   check_dtype=False)
     _green_squares(data)
     third = cell_measurements(load_dataset(data), tmp_path / "cache", progress=False)
-    measured = [c for c in first.columns if c not in ("ID", "path", "file", "size", "mtime_ns", "ok")]
+    measured = [c for c in first.columns if c not in ("ID", "path", "file", "size", "digest", "ok")]
     assert not np.allclose(third[measured].to_numpy(float), second[measured].to_numpy(float), equal_nan=True)
     again = cell_measurements(load_dataset(data), tmp_path / "cache", progress=False)
     pd.testing.assert_frame_equal(again, third, check_dtype=False)
@@ -104,7 +224,8 @@ def test_full_disk_while_building_the_image_cache_is_a_data_error(tmp_path, monk
     data = make_2024(tmp_path / "d", n_cells=2, size=32)
     with pytest.raises(DataError, match=r"_c24.u8: cannot write the decoded-image cache \(No space left"):
         load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
-    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]  # no partial or temporary file
+    left = [p for p in (tmp_path / "cache").iterdir() if p.name != "digests"]  # the images' digests are kept
+    assert [p.suffix for p in left] == [".lock"]  # no partial or temporary file
 
 
 def test_images_of_another_size_are_reported(tmp_path, caplog):

@@ -7,12 +7,12 @@ A *view* is one way of showing every cell to the backbone:
 
 Each view is stored as
 ``cache/emb/<dataset>/<backbone>_<weights8>_c<crop>[_in<side>]_<precision>_<code6>_<view>.npy``
-(float16, one row per covered cell in image-cache order) with ``.csv`` beside it (ID, file, size,
-mtime_ns of each image: its content identity) written last. The name holds everything that changes the numbers: ``weights8`` is the first 8 hex digits of
+(float16, one row per covered cell in image-cache order) with ``.csv`` beside it (ID, file, size and
+content digest of each image: its identity, see lib.data.digests) written last. The name holds everything that changes the numbers: ``weights8`` is the first 8 hex digits of
 the SHA-1 of the backbone's tensors (``lib.models.backbones.weights_tag``), ``precision`` the autocast
 dtype of the forward pass (fp32, bf16, fp16), ``code6`` a hash of the transform code and of the
 torch/timm/albumentations versions (``code_tag``). A cache whose index does not match the dataset's
-cells (a cell added, removed, replaced or touched) is recomputed, with a warning naming it.
+cells (a cell added, removed or replaced) is recomputed, with a warning naming it.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from lib.core.io import atomic_write_bytes, atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
-from lib.data.images import ImageCache, cell_keys, load_image_cache, patient_rows, same_cells
+from lib.data.images import CELL_DTYPES, ImageCache, cell_keys, legacy_index, load_image_cache, patient_rows, same_cells
 
 log = logging.getLogger(__name__)
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -143,12 +143,14 @@ def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame, quiet: b
     """A cached view when its index matches these cells, else None (with a warning unless ``quiet``)."""
     if not index_path.exists() or not array_path.exists():
         return None
-    saved = pd.read_csv(index_path, dtype={"ID": str, "file": str})
+    saved = pd.read_csv(index_path, dtype=CELL_DTYPES)
     if not same_cells(saved, cells):
         if not quiet:
-            log.warning("%s: cached cells differ from the dataset (added, removed, replaced or touched), "
+            log.warning("%s: cached cells differ from the dataset (added, removed or replaced, or an older version's cache), "
                         "recomputing", index_path)
         return None
+    if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
+        atomic_write_csv(cell_keys(cells), index_path)
     return np.load(array_path)
 
 

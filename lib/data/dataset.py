@@ -19,6 +19,7 @@ import pandas as pd
 
 from lib.data.clinical import AGE_REFERENCE_DATE, MAX_AGE, age_years, clinical_features, normalise_gender, parse_dob
 from lib.core.errors import DataError
+from lib.data.digests import file_digest
 from lib.core.io import os_problem
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Dataset:
             h = hashlib.sha1(f"{row.GENDER}|{row.DOB}|{row.LYMPH_COUNT!r}".encode())
             for path in sorted(self.images[pid], key=lambda q: q.name):
                 h.update(f"\n{path.name}:".encode())
-                h.update(hashlib.sha1(path.read_bytes()).digest())
+                h.update(bytes.fromhex(file_digest(path)))  # the SHA-1 every cache keys the cell on
             out[str(pid)] = h.hexdigest()[:12]
         return out
 

@@ -3,9 +3,9 @@
 Decoding a 224x224 JPEG costs more than reading a cached crop, and every later epoch and script
 reads the same cells, so the first use decodes each image once into
 ``cache/<dataset>_c<crop>.u8`` (N x crop x crop x 3, RGB) with an index CSV beside it.
-The index records each cell's identity (ID, file name, size and mtime_ns of the file) and is compared
-with the images on every read: when a cell was added, removed, replaced or touched, the cache is rebuilt
-(with a warning naming it), never silently reused.
+The index records each cell's identity (ID, file name, size and the SHA-1 of the file's bytes, see
+lib.data.digests) and is compared with the images on every read: when a cell was added, removed or replaced,
+the cache is rebuilt (with a warning naming it), never silently reused; a copied or touched file is the same cell.
 """
 import logging
 import os
@@ -19,6 +19,7 @@ import pandas as pd
 from lib.core.progress import tqdm
 
 from lib.data.dataset import Dataset
+from lib.data.digests import content_digests, digest_store
 from lib.core.errors import DataError
 from lib.core.io import atomic_write_csv, build_lock, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
@@ -47,45 +48,46 @@ def center_crop(img: np.ndarray, size: int | None, path: str | Path | None = Non
     return img[top:top + size, left:left + size]
 
 
-CELL_KEY = ["ID", "file", "size", "mtime_ns"]  # what identifies a cell's content in every cache index
-
-
-def file_stat(path: str | Path) -> tuple[int, int]:
-    """(size in bytes, mtime in ns) of an image: its cheap content identity."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+CELL_KEY = ["ID", "file", "size", "digest"]  # what identifies a cell's content in every cache index
+CELL_DTYPES = {"ID": str, "file": str, "digest": str}  # how a cache index is read back (a digest is text)
 
 
 def cell_keys(cells: pd.DataFrame) -> pd.DataFrame:
-    """Location-independent identity of cells (ID, file, size, mtime_ns) from a table with ID and path."""
-    if {"size", "mtime_ns"} <= set(cells.columns):
-        size, mtime = cells["size"].to_numpy(np.int64), cells["mtime_ns"].to_numpy(np.int64)
-    else:
-        stats = np.array([file_stat(p) for p in cells["path"]], dtype=np.int64).reshape(-1, 2)
-        size, mtime = stats[:, 0], stats[:, 1]
+    """Location-independent identity of cells (CELL_KEY) from an image index (ID, path, size, digest)."""
     return pd.DataFrame({"ID": cells["ID"].astype(str).to_numpy(), "file": [Path(p).name for p in cells["path"]],
-                         "size": size, "mtime_ns": mtime})
+                         "size": cells["size"].to_numpy(np.int64), "digest": cells["digest"].astype(str).to_numpy()})
+
+
+LEGACY_KEY = ["ID", "file", "size", "mtime_ns"]  # the identity of earlier versions' indexes (file times)
 
 
 def same_cells(saved: pd.DataFrame, cells: pd.DataFrame) -> bool:
-    """Whether a cache index ``saved`` (with CELL_KEY columns) describes exactly these cells, in order."""
-    if not set(CELL_KEY) <= set(saved.columns) or len(saved) != len(cells):
+    """Whether a cache index ``saved`` describes exactly these cells (an image index), in order.
+
+    An index of an earlier version (keyed on size and mtime_ns, no digests; see ``legacy_index``) matches while
+    those file times still do: its caller rewrites it with the digests, so a later copy or touch keeps it valid."""
+    key = LEGACY_KEY if legacy_index(saved) else CELL_KEY
+    if not set(key) <= set(saved.columns) or len(saved) != len(cells):
         return False
-    now = cell_keys(cells)
-    old = saved[CELL_KEY]
-    return bool((old["ID"].astype(str).to_numpy() == now["ID"].to_numpy()).all()
-                and (old["file"].astype(str).to_numpy() == now["file"].to_numpy()).all()
-                and (old["size"].to_numpy(np.int64) == now["size"].to_numpy()).all()
-                and (old["mtime_ns"].to_numpy(np.int64) == now["mtime_ns"].to_numpy()).all())
+    now, old = cells.assign(ID=cells["ID"].astype(str)), saved[key]
+    return all((old[k].to_numpy(np.int64) == now[k].to_numpy(np.int64)).all() if k in ("size", "mtime_ns") else
+               (old[k].astype(str).to_numpy() == now[k].to_numpy()).all() for k in key)
 
 
-def image_index(dataset: Dataset) -> pd.DataFrame:
-    """One row per image: ID, split, path, file, size, mtime_ns and its row number in a cache."""
+def legacy_index(saved: pd.DataFrame) -> bool:
+    """A cache index written by an earlier version: keyed on file times instead of content digests."""
+    return "digest" not in saved.columns
+
+
+def image_index(dataset: Dataset, cache_dir: Path = CACHE_DIR, progress: bool = True) -> pd.DataFrame:
+    """One row per image: ID, split, path, file, size, mtime_ns, digest (its content) and its row number in a cache."""
     rows = [(pid, split, str(path)) for pid, split in dataset.patients["split"].items()
             for path in dataset.images[pid]]
     table = pd.DataFrame(rows, columns=["ID", "split", "path"])
-    keys = cell_keys(table)
-    return table.assign(file=keys["file"], size=keys["size"], mtime_ns=keys["mtime_ns"], row=np.arange(len(table)))
+    content = content_digests(table["path"].tolist(), digest_store(cache_dir, dataset.name), progress)
+    return table.assign(file=[Path(p).name for p in table["path"]], size=content["size"].to_numpy(),
+                        mtime_ns=content["mtime_ns"].to_numpy(), digest=content["digest"].to_numpy(),
+                        row=np.arange(len(table)))
 
 
 def patient_rows(index: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -122,13 +124,13 @@ def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
                      workers: int = 2, progress: bool = True) -> ImageCache:
     """Open the dataset's decoded cache, building it first if absent (the index is written last)."""
     array_path, index_path = cache_paths(dataset, crop, cache_dir)
-    index = image_index(dataset)
+    index = image_index(dataset, cache_dir, progress)
     if not _fresh(array_path, index_path, index):
         with build_lock(array_path):  # a second process on this cold cache waits, then reuses the first's
             if not _fresh(array_path, index_path, index):
                 if index_path.exists():
-                    log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or "
-                                "touched), rebuilding the decoded cache", index_path, dataset.root)
+                    log.warning("%s: cached cells differ from the images of %s (added, removed or replaced, "
+                                "or cached by an older version), rebuilding the decoded cache", index_path, dataset.root)
                     index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
                 _build(index, crop, array_path, workers, progress)
                 atomic_write_csv(index, index_path)
@@ -144,10 +146,14 @@ def _fresh(array_path: Path, index_path: Path, index: pd.DataFrame) -> bool:
 def _read_index(index_path: Path, index: pd.DataFrame) -> bool:
     """Whether the saved index describes exactly these cells (a moved data dir still matches)."""
     try:
-        saved = pd.read_csv(index_path, dtype={"ID": str, "file": str})
+        saved = pd.read_csv(index_path, dtype=CELL_DTYPES)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return False
-    return same_cells(saved, index)
+    if not same_cells(saved, index):
+        return False
+    if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
+        atomic_write_csv(index, index_path)
+    return True
 
 
 def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progress: bool) -> None:

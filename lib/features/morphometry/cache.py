@@ -9,7 +9,7 @@ import pandas as pd
 from lib.core.io import atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.data.dataset import Dataset
-from lib.data.images import CELL_KEY, cell_keys, read_image, same_cells
+from lib.data.images import CELL_DTYPES, CELL_KEY, cell_keys, image_index, legacy_index, read_image, same_cells
 from lib.features.morphometry import segment
 from lib.features.morphometry.pooling import DEFAULT_POOLED, pool_patient_features
 from lib.features.morphometry.segment import measure_cells
@@ -28,36 +28,47 @@ def _code_key() -> str:
 
 
 def cell_measurements(dataset: Dataset, cache_dir: Path = CACHE_DIR, progress: bool = True) -> pd.DataFrame:
-    """One row per cell (ID, path, file, size, mtime_ns, measurements, ok), measured on first use and cached.
+    """One row per cell (ID, path, file, size, digest, measurements, ok), measured on first use and cached.
 
-    The cached cell list (ID, file name, size, mtime_ns) is compared with the dataset's images on every
-    read: when a cell was added, removed, replaced or touched, a warning names the cache file and the
-    changed cells are measured again (the unchanged ones keep their cached rows).
+    The cached cell list (ID, file name, size, content digest) is compared with the dataset's images on every
+    read: when a cell was added, removed or replaced, a warning names the cache file and the changed cells are
+    measured again (the unchanged ones keep their cached rows).
     """
     path = Path(cache_dir) / "morpho" / f"{dataset.name}_{_code_key()}.csv"
-    paths = [(pid, p) for pid in dataset.patients.index for p in dataset.images[pid]]
-    now = cell_keys(pd.DataFrame({"ID": [pid for pid, _ in paths], "path": [str(p) for _, p in paths]}))
+    index = image_index(dataset, cache_dir, progress)
     saved = _read_saved(path)
-    if saved is not None and same_cells(saved, now.assign(path=[str(p) for _, p in paths])):
-        return saved
+    if saved is not None and same_cells(saved, index):
+        return _reuse(saved, index, path)
     with build_lock(path):  # a second process on this cold cache waits, then reuses the first's measurements
-        return _measure(dataset, path, paths, now, progress)
+        return _measure(dataset, path, index, progress)
+
+
+def _reuse(saved: pd.DataFrame, index: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Cached measurements of exactly these cells, with their paths as they are now; an earlier version's cache
+    (keyed on file times) is rewritten keyed on the digests."""
+    cells = saved.assign(path=index["path"].to_numpy())  # the same cells, wherever the data directory is now
+    if legacy_index(saved):
+        cells.insert(cells.columns.get_loc("mtime_ns"), "digest", index["digest"].to_numpy())
+        cells = cells.drop(columns="mtime_ns")
+        atomic_write_csv(cells, path)
+    return cells
 
 
 def _read_saved(path: Path) -> pd.DataFrame | None:
     """The cached measurements, if any."""
-    return pd.read_csv(path, dtype={"ID": str, "file": str}) if path.exists() else None
+    return pd.read_csv(path, dtype=CELL_DTYPES) if path.exists() else None
 
 
-def _measure(dataset: Dataset, path: Path, paths: list, now: pd.DataFrame, progress: bool) -> pd.DataFrame:
+def _measure(dataset: Dataset, path: Path, index: pd.DataFrame, progress: bool) -> pd.DataFrame:
     """Under the build lock: reuse what is cached (another process may have just written it), measure the rest."""
     saved = _read_saved(path)
-    if saved is not None and same_cells(saved, now.assign(path=[str(p) for _, p in paths])):
-        return saved
+    if saved is not None and same_cells(saved, index):
+        return _reuse(saved, index, path)
+    now, paths = cell_keys(index), index["path"].tolist()
     reuse = pd.DataFrame()
     if saved is not None:
-        log.warning("%s: cached cells differ from the images of %s (added, removed, replaced or touched), "
-                    "measuring the changed cells again", path, dataset.root)
+        log.warning("%s: cached cells differ from the images of %s (added, removed or replaced, or measured by an "
+                    "older version), measuring the changed cells again", path, dataset.root)
         if set(CELL_KEY) <= set(saved.columns):
             reuse = saved.drop(columns=["path"]).drop_duplicates(CELL_KEY)
     if len(reuse):
@@ -66,7 +77,7 @@ def _measure(dataset: Dataset, path: Path, paths: list, now: pd.DataFrame, progr
         keyed = keyed.drop(columns=["_merge"])
     else:
         keyed, todo = None, None
-    todo_paths = [p for i, (_, p) in enumerate(paths) if todo is None or todo[i]]
+    todo_paths = [p for i, p in enumerate(paths) if todo is None or todo[i]]
     measured = measure_cells(todo_paths, progress=progress, desc=f"morphometry {dataset.name}")
     if keyed is None:
         cells = pd.concat([now, measured.reset_index(drop=True)], axis=1)
@@ -75,7 +86,7 @@ def _measure(dataset: Dataset, path: Path, paths: list, now: pd.DataFrame, progr
         if todo.any():
             cells.loc[todo, measured.columns] = measured.to_numpy()
             cells = cells.astype({c: measured.dtypes[c] for c in measured.columns})
-    cells.insert(1, "path", [str(p) for _, p in paths])
+    cells.insert(1, "path", paths)
     atomic_write_csv(cells, path)
     bad = int((cells["ok"] == 0).sum())
     log.info("morphometry: %d cells measured, %d without a nucleus (%.1f%%) -> %s", len(cells), bad,
