@@ -1,9 +1,10 @@
-"""Optuna late fusion of several runs: weights, fusing method and threshold maximising OOF balanced accuracy.
+"""Late fusion of several runs: the equal-weight probability mean, or an Optuna study of weights, method and threshold.
 
-Example: ``python ensemble.py --runs runs/clinical_real runs/cnn_real --experiment ens_real --trials 300``.
-Writes runs/<experiment>/: best_params.json (weights, method, threshold, the runs with their hashes),
-metrics.json (in-sample and nested estimates, each model alone), study.db, oof.csv, roc.png and the
-optimisation plots. ``--storage`` takes any Optuna RDB URL instead of the run's SQLite file.
+Example: ``python ensemble.py --runs runs/clinical_real runs/cnn_real --experiment ens_real`` (equal weights, the
+default), ``... --fusion study --trials 300`` (the study). Writes runs/<experiment>/: best_params.json (weights,
+method, threshold, the runs with their hashes), metrics.json (in-sample and nested estimates, each model alone),
+oof.csv, roc.png, and with the study study.db and the optimisation plots. ``--storage`` takes any Optuna RDB URL
+instead of the run's SQLite file.
 """
 import argparse
 from pathlib import Path
@@ -14,7 +15,7 @@ from lib.core.errors import DataError, raise_first
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
 from lib.core.storage import check_storage
-from lib.fusion.fuse import FUSIONS, THRESHOLD_POLICIES
+from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS, THRESHOLD_POLICIES
 from lib.fusion.runs import load_runs
 
 DEFAULT_THRESHOLD_POLICY = "0.5"  # measured: BENCHMARKS.md "Whole pipeline" blocks of 2026-12-02
@@ -27,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
     parser.add_argument("--experiment", default="ensemble", help="results go to <runs-dir>/<experiment>/")
     parser.add_argument("--runs-dir", type=Path, default=None, help="parent of the run directory (default runs/)")
-    parser.add_argument("--fusion", choices=FUSIONS, default="study",
-                        help="study: Optuna weights, method and threshold; equal: the equal-weight probability mean, "
-                             "nothing fitted but the threshold of --threshold tuned (no study; --trials unused)")
-    parser.add_argument("--trials", type=int, default=200, help="finished trials of the main study")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                        help="equal (the default, measured best honestly): the equal-weight probability mean, nothing "
+                             "fitted but the threshold of --threshold tuned (no study; --trials unused); study: Optuna "
+                             "weights, method and threshold")
+    parser.add_argument("--trials", type=int, default=200, help="finished trials of the main study (--fusion study)")
     parser.add_argument("--nested-trials", type=int, default=None,
                         help="trials of each per-fold study of the honest estimate (default: --trials)")
     parser.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<run dir>/study.db)")

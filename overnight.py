@@ -150,7 +150,8 @@ def fixed_stages(args, data_dir: Path, night_dir: Path, name: str, encoder: dict
         tag = f"{name}_s{seed}"
         for blend, members in (("ensemble_default", list(DEFAULT_MODELS)), ("ensemble_night", models)):
             out.append({"name": f"s{seed}/{blend}", "kind": "ensemble", "n_models": len(members),
-                        "command": pipeline.ensemble_command(night_dir, tag, members, blend, args.ensemble_trials)})
+                        "command": pipeline.ensemble_command(night_dir, tag, members, blend, args.ensemble_trials,
+                                                             fusion="study")})
     tag = final_tag(name, args.bag_seeds)
     if len(args.bag_seeds) > 1:
         out.append({"name": "bag", "kind": "bag", "models": models})

@@ -27,7 +27,7 @@ from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
-from lib.fusion.fuse import FUSIONS
+from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS
 from lib.stages.bagging import bag_runs
 
 MODELS = ("clinical", "morpho", "cnn", "cnn_attention")
@@ -59,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="add a CNN fine-tuned end to end to the blend (train_cnn.py --regime finetune preset; "
                              f"the flag alone: {FINETUNE_CONFIG.relative_to(REPO_DIR)}, initialised from the --pretrain-config encoder; "
                              "~7 min per fold seed on 2 CPU cores with the shared data)")
-    parser.add_argument("--trials", type=int, default=100, help="ensemble study trials")
-    parser.add_argument("--fusion", choices=FUSIONS, default="study",
-                        help="ensemble.py --fusion: study (Optuna weights) or equal (equal weights, nothing fitted)")
+    parser.add_argument("--trials", type=int, default=100, help="ensemble study trials (--fusion study)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION,
+                        help=f"ensemble.py --fusion: equal (equal weights, nothing fitted) or study (Optuna weights); "
+                             f"default {DEFAULT_FUSION}")
     args = parser.parse_args(argv)
     raise_first([(args.trials < 1, f"--trials {args.trials} must be >= 1"),
                  (min([args.fold_seed, *(args.fold_seeds or [])]) < 0, "fold seeds must be >= 0"),
@@ -133,7 +134,7 @@ def model_stages(data_dir: Path, name: str, seed: int, args: argparse.Namespace)
     ]
 
 
-def ensemble_command(runs_dir: Path, tag: str, names, experiment: str, trials: int, fusion: str = "study") -> list[str]:
+def ensemble_command(runs_dir: Path, tag: str, names, experiment: str, trials: int, fusion: str = DEFAULT_FUSION) -> list[str]:
     """ensemble.py over the runs ``names`` under ``runs_dir/tag``, into ``tag/experiment`` (resumed when it exists)."""
     return ["ensemble.py", "--runs", *(str(runs_dir / tag / m) for m in names), "--runs-dir", str(runs_dir),
             "--experiment", f"{tag}/{experiment}", "--trials", str(trials), "--fusion", fusion, "--resume"]

@@ -94,7 +94,8 @@ def reference_metrics(args, seed: int) -> dict[str, dict]:
 
 def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> float:
     result = ensemble.main(["--runs", *map(str, runs), "--runs-dir", str(runs_dir), "--experiment", name,
-                            "--trials", str(args.trials), "--nested-trials", str(args.trials), "--resume"])
+                            "--fusion", "study", "--trials", str(args.trials), "--nested-trials", str(args.trials),
+                            "--resume"])
     return result["metrics"]["nested"]["ba_mean"]
 
 

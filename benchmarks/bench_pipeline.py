@@ -22,6 +22,7 @@ from benchmarks.common import cnn_run_speed, embed_rate_line, head_training_line
 from lib.core.metrics import mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 from lib.data.dataset import load_dataset  # noqa: E402
+from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS  # noqa: E402
 
 CNN_MODELS = ("cnn", "cnn_attention")
 
@@ -31,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep runs here (default: a temp dir)")
-    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--trials", type=int, default=100, help="ensemble study trials (--fusion study)")
+    parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="pipeline.py --fusion")
     parser.add_argument("--cold", action="store_true",
                         help="start from empty caches (LYMPH_CACHE_DIR in the temp dir): morphometry, decoded "
                              "images, weights and embeddings are computed inside the timed run")
@@ -82,7 +84,7 @@ def main(argv=None) -> list[str]:
             os.environ["LYMPH_CACHE_DIR"] = str(Path(tmp) / "cache")  # read by the stage subprocesses
         for seed in args.seeds:
             timings[seed] = pipeline.main(["--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
-                                           "--fold-seed", str(seed), "--trials", str(args.trials),
+                                           "--fold-seed", str(seed), "--trials", str(args.trials), "--fusion", args.fusion,
                                            "--out", str(Path(tmp) / f"submission_s{seed}.csv")])
             roots[seed] = runs_dir / f"{name}_s{seed}"
             results[seed] = model_scores(roots[seed])
@@ -100,7 +102,8 @@ def main(argv=None) -> list[str]:
 def summary(args, name: str, results: dict, timings: dict) -> list[str]:
     """Quality lines per model (mean±std over fold seeds) and wall time per stage."""
     lines = [f"- data: {args.data_dir} ({name}); fold seeds {', '.join(map(str, args.seeds))}; "
-             f"ensemble {args.trials} trials; models at threshold 0.5, mean±std over repetitions of the fold mean"]
+             f"ensemble: {f'study, {args.trials} trials' if args.fusion == 'study' else 'equal weights'}; models at "
+             f"threshold 0.5, mean±std over repetitions of the fold mean"]
     for model in next(iter(results.values())):
         ba = [r[model][0] for r in results.values()]
         auc = [r[model][1] for r in results.values()]

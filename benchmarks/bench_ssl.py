@@ -81,9 +81,10 @@ def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str 
 
 
 def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> dict:
-    """Honest (nested) BA of the tuned blend of some runs."""
+    """Honest (nested) BA of the blend of some runs tuned by the fusion study (as published; the equal-weight mean
+    of the same runs is in metrics.json too)."""
     result = ensemble.main(["--runs", *map(str, runs), "--runs-dir", str(runs_dir), "--experiment", name,
-                            "--trials", str(args.trials), "--nested-trials", str(args.trials)])
+                            "--fusion", "study", "--trials", str(args.trials), "--nested-trials", str(args.trials)])
     return result["metrics"]["nested"]
 
 

@@ -37,6 +37,24 @@ def test_image_cache_rebuilt_when_images_are_replaced(tmp_path, caplog):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+def _mean_embedder():
+    """An embedding spec and job whose 'backbone' is the mean colour of each cell (fast, no weights)."""
+    import torch
+
+    from lib.cnn.embedding import EmbedJob, EmbedSpec
+
+    class Mean(torch.nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
+    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+           "crop_pct": 1.0}
+    return spec, EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+
+
 def _touch_all(root: Path) -> None:
     """A later mtime on every image, bytes unchanged (what a copy without -p or a restore does)."""
     for path in root.rglob("*.jpg"):
@@ -47,22 +65,11 @@ def _touch_all(root: Path) -> None:
 def test_touched_or_copied_images_reuse_every_cache(tmp_path, caplog):
     import shutil
 
-    import torch
-
-    from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
+    from lib.cnn.embedding import compute_embeddings
     from lib.features.morphometry.cache import cell_measurements
 
-    class Mean(torch.nn.Module):
-        num_features = 3
-
-        def forward(self, x):
-            return x.mean(dim=(2, 3))
-
     data, cache = make_2024(tmp_path / "a" / "d", n_cells=2, size=32), tmp_path / "cache"
-    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
-    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "crop_pct": 1.0}
-    job = EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+    spec, job = _mean_embedder()
     load_image_cache(load_dataset(data), 24, cache, progress=False)
     first = cell_measurements(load_dataset(data), cache, progress=False)
     compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
@@ -107,22 +114,11 @@ def _as_older_version(index_path: Path, cache: Path) -> None:
 
 
 def test_caches_of_an_older_version_are_upgraded_while_their_file_times_match(tmp_path, caplog):
-    import torch
-
-    from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
+    from lib.cnn.embedding import compute_embeddings
     from lib.features.morphometry.cache import cell_measurements
 
-    class Mean(torch.nn.Module):
-        num_features = 3
-
-        def forward(self, x):
-            return x.mean(dim=(2, 3))
-
     data, cache = make_2024(tmp_path / "d", n_cells=2, size=32), tmp_path / "cache"
-    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
-    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "crop_pct": 1.0}
-    job = EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+    spec, job = _mean_embedder()
     load_image_cache(load_dataset(data), 24, cache, progress=False)
     first = cell_measurements(load_dataset(data), cache, progress=False)
     compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
@@ -188,21 +184,10 @@ def test_morphometry_rows_follow_the_images(tmp_path, caplog):
 
 
 def test_embeddings_recomputed_when_images_are_replaced(tmp_path, caplog):
-    import torch
-
-    from lib.cnn.embedding import EmbedJob, EmbedSpec, compute_embeddings
-
-    class Mean(torch.nn.Module):
-        num_features = 3
-
-        def forward(self, x):
-            return x.mean(dim=(2, 3))
+    from lib.cnn.embedding import compute_embeddings
 
     data = make_2024(tmp_path / "d", n_cells=2, size=32)
-    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
-    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "crop_pct": 1.0}
-    job = EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
+    spec, job = _mean_embedder()
     before = compute_embeddings(load_dataset(data), spec, job, tmp_path / "cache", views=["v0"])
     _green_squares(data)
     with caplog.at_level(logging.WARNING):

@@ -100,7 +100,7 @@ def test_rank_mean_is_defined_on_new_scores_via_the_reference_ecdf():
 
 def test_ensemble_writes_params_metrics_and_plots_and_enqueues_equal_weights(two_runs, tmp_path, capsys):
     result = ensemble.main(["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
-                            "--experiment", "ens", "--trials", "6", "--nested-trials", "3"])
+                            "--experiment", "ens", "--fusion", "study", "--trials", "6", "--nested-trials", "3"])
     run_dir = tmp_path / "runs" / "ens"
     best = json.loads((run_dir / "best_params.json").read_text())
     assert set(best["weights"]) == {"clin", "cnn"} and sum(best["weights"].values()) == pytest.approx(1)
@@ -124,7 +124,7 @@ def fusion_study(run_dir: Path):
 
 def test_existing_ensemble_is_refused_and_resume_tops_up(two_runs, tmp_path):
     args = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"), "--experiment", "ens",
-            "--nested-trials", "2"]
+            "--fusion", "study", "--nested-trials", "2"]
     ensemble.main(args + ["--trials", "3"])
     with pytest.raises(DataError, match="already exists"):
         ensemble.main(args + ["--trials", "3"])
@@ -199,7 +199,7 @@ def test_killed_ensemble_study_resumes_whatever_the_moment_of_the_kill(two_runs,
     import time
     repo = Path(__file__).resolve().parent.parent
     command = [sys.executable, "ensemble.py", "--runs", *map(str, two_runs), "--runs-dir", str(tmp_path / "runs"),
-               "--experiment", "ens", "--trials", "30", "--nested-trials", "10", "--resume"]
+               "--experiment", "ens", "--fusion", "study", "--trials", "30", "--nested-trials", "10", "--resume"]
     rng, db = random.Random(0), tmp_path / "runs" / "ens" / "study.db"
     for round_ in range(4):  # 2 in the first second, 2 mid-trial; SIGKILL and SIGTERM alternate (each path once)
         process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -235,7 +235,8 @@ def test_a_run_that_records_no_dataset_is_refused(tmp_path):
 
 
 def test_a_fixed_threshold_policy_is_submitted_and_estimated_the_same_way(two_runs, tmp_path):
-    argv = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--trials", "6", "--nested-trials", "3"]
+    argv = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--fusion", "study", "--trials", "6",
+            "--nested-trials", "3"]
     ensemble.main([*argv, "--experiment", "fixed", "--threshold", "0.5"])
     saved = json.loads((tmp_path / "fixed" / "best_params.json").read_text())
     metrics = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
@@ -269,11 +270,11 @@ def test_equal_fusion_fits_no_weights_and_its_honest_estimate_is_the_plain_cv_sc
 def test_an_ensemble_made_before_the_fusion_option_resumes_as_a_study_only(two_runs, tmp_path):
     argv = ["--runs", *map(str, two_runs), "--runs-dir", str(tmp_path), "--experiment", "old", "--trials", "3",
             "--nested-trials", "2"]
-    ensemble.main(argv)
+    ensemble.main([*argv, "--fusion", "study"])
     saved = tmp_path / "old" / "config.yaml"
     config = yaml.safe_load(saved.read_text())
     saved.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "fusion"}))  # as an older version wrote it
-    assert ensemble.main([*argv, "--resume", "--trials", "4"])["metrics"]["n_trials"] == 4
+    assert ensemble.main([*argv, "--resume", "--fusion", "study", "--trials", "4"])["metrics"]["n_trials"] == 4
     saved.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "fusion"}))
-    with pytest.raises(DataError, match="fusion"):
-        ensemble.main([*argv, "--resume", "--fusion", "equal"])
+    with pytest.raises(DataError, match=r"fusion: 'study' then, 'equal' now\); pass the run's settings \(--fusion study\)"):
+        ensemble.main([*argv, "--resume"])

@@ -22,7 +22,7 @@ def test_runs_refuse_overwrite_and_keep_their_logs_apart(tmp_path):
     assert "record of run b" in (second / "log.txt").read_text()
     with pytest.raises(DataError, match="run already exists"):
         create_run(tmp_path / "a", {"seed": 0})
-    with pytest.raises(DataError, match=r"cannot resume with different settings \(seed\)"):
+    with pytest.raises(DataError, match=r"different settings \(seed: 0 then, 1 now\); pass the run's settings \(--seed 0\)"):
         create_run(tmp_path / "a", {"seed": 1}, resume=True)
 
 

@@ -120,7 +120,19 @@ def _check_same_config(saved: Path, config: dict) -> None:
     changed = sorted(k for k in set(old) | set(config)
                      if k not in NOT_COMPARED_ON_RESUME and old.get(k, LATER_OPTION_DEFAULTS.get(k)) != config.get(k))
     if changed:
-        raise DataError(f"{saved}: cannot resume with different settings ({', '.join(changed)})")
+        then = {k: old.get(k, LATER_OPTION_DEFAULTS.get(k)) for k in changed}
+        was = "; ".join(f"{k}: {_short(then[k])} then, {_short(config.get(k))} now" for k in changed)
+        hint = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in then.items() if isinstance(v, (str, int, float))
+                        and not isinstance(v, bool))
+        raise DataError(f"{saved}: cannot resume with different settings ({was}); pass the run's settings"
+                        f"{f' ({hint})' if hint else ''} to continue it, or start another run (another --experiment or "
+                        f"runs directory)")
+
+
+def _short(value) -> str:
+    """A setting's value for a one-line error (long lists and mappings cut)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def attach_log_file(path: Path) -> None:

@@ -27,6 +27,9 @@ THRESHOLD_RANGE = (0.05, 0.95)
 THRESHOLD_POLICIES = ("tuned", "0.5", "prevalence")
 # How the weights are set (ensemble.py --fusion): an Optuna study, or equal (nothing fitted; lib.fusion.tune)
 FUSIONS = ("study", "equal")
+# Measured (BENCHMARKS.md, the pipeline's four models at 0.5): equal weights 0.922 on fold seeds 43-45 against the
+# study's nested 0.910-0.923, and 0.901 against 0.879±0.015 on seeds 42 and 46 (bench_pipeline.py, 2026-12-06)
+DEFAULT_FUSION = "equal"
 EPS = 1e-6
 
 
