@@ -28,7 +28,7 @@ import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
 from benchmarks.bench_pooled import cv_oof  # noqa: E402
-from benchmarks.common import epochs_label, finished, publish, quality_line  # noqa: E402
+from benchmarks.common import encoder_input_args, epochs_label, finished, publish, quality_line  # noqa: E402
 from lib.cnn.pooled import encoder_embeddings, pooled_rows  # noqa: E402
 from lib.core.config import parse_config  # noqa: E402
 from lib.core.metrics import fold_metrics  # noqa: E402
@@ -123,11 +123,11 @@ def pretrain(args, name: str, epochs: int) -> dict:
     return pretrain_cnn.main([*recipe_argv(args, name), "--epochs", str(epochs), *(["--resume"] if done else [])])
 
 
-def cnn_image_only(args, name: str, seed: int, record: dict) -> dict:
+def cnn_image_only(args, name: str, seed: int) -> dict:
     """The embed regime's mean head on the frozen encoder, image-only, at the crop and input size it was trained on."""
     experiment = f"{encoder_name(args, name)}_mean_image_s{seed}"
-    argv = ["-c", str(CONFIGS_DIR / "cnn_cpu_ssl.yaml"), "--weights", str(args.runs_dir / encoder_name(args, name) / "encoder.pth"),
-            "--crop", str(record["crop"]), "--input-size", str(record["input_size"]),
+    weights = args.runs_dir / encoder_name(args, name) / "encoder.pth"
+    argv = ["-c", str(CONFIGS_DIR / "cnn_cpu_ssl.yaml"), "--weights", str(weights), *encoder_input_args(weights),
             "--data-dir", str(args.data_dir), "--runs-dir", str(args.runs_dir), "--fold-seed", str(seed),
             "--experiment", experiment, "--no-clinical-fusion", "--no-progress"]
     return finished(args.runs_dir / experiment, lambda: train_cnn.main(argv))
@@ -182,7 +182,7 @@ def main(argv=None) -> list[str]:
     results = {}
     for name in args.recipes:
         record = pretrain(args, name, epochs[name])
-        results[name] = {"record": record, "cnn": [cnn_image_only(args, name, s, record) for s in args.seeds],
+        results[name] = {"record": record, "cnn": [cnn_image_only(args, name, s) for s in args.seeds],
                          "pooled": pooled_image_only(args, dataset, record, args.runs_dir / encoder_name(args, name))}
         print(quality_line(f"{name} mean head", results[name]["cnn"]), flush=True)
     figure = plot_budget(results, clinical, args.runs_dir / "budget.png")

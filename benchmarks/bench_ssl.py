@@ -24,7 +24,15 @@ import ensemble  # noqa: E402
 import pretrain_cnn  # noqa: E402
 import train_clinical  # noqa: E402
 import train_cnn  # noqa: E402
-from benchmarks.common import bagged_line, bench_runs_dir, blend_line, matmul_gflops, publish, quality_line  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    bagged_line,
+    bench_runs_dir,
+    blend_line,
+    encoder_input_args,
+    matmul_gflops,
+    publish,
+    quality_line,
+)
 from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
 from lib.models.backbones import create_backbone  # noqa: E402
 from lib.stages.bagging import bag_runs  # noqa: E402
@@ -64,7 +72,7 @@ def clinical_run_name(prefix: str, feature_set: str, seed: int) -> str:
 def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, seed: int) -> dict:
     """One 5-fold CV of a frozen encoder + head; its metrics."""
     name = cnn_run_name(encoder, head, fusion, seed)
-    extra = ["--weights", str(weights)] if encoder == "ssl" else []
+    extra = ["--weights", str(weights), *encoder_input_args(weights)] if encoder == "ssl" else []
     metrics = train_cnn.main(["-c", str(ENCODERS[encoder]), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
                               "--fold-seed", str(seed), "--experiment", name, "--head", head, "--no-progress",
                               "--clinical-fusion" if fusion else "--no-clinical-fusion", *extra])

@@ -125,6 +125,15 @@ def total_epochs(record: dict) -> int:
     return int(record.get("epochs_total", record["epochs"]))
 
 
+def encoder_input_args(weights: str | Path) -> list[str]:
+    """train_cnn.py options that embed with an encoder of pretrain_cnn.py as it was trained (its crop and input
+    size, from encoder.json), whatever the preset's; none for other weights."""
+    from lib.cnn.pretrain import encoder_record
+
+    record = encoder_record(Path(weights))
+    return [] if record is None else ["--crop", str(record["crop"]), "--input-size", str(record["input_size"])]
+
+
 def epochs_label(record: dict, unit: str = "ep") -> str:
     """'25 ep', or '50+40 ep' for a run continued from another encoder."""
     parent = total_epochs(record) - record["epochs"]

@@ -62,28 +62,38 @@ def published(text: str) -> dict:
     return {"label": label, "series": label.split(" (")[0], "epochs": int(epochs), "auc": float(auc), "std": float(std), "n": 0, "published": True}
 
 
+NEAR = 1.25  # budgets within this ratio share a column of labels and a tick
+
+
 def plot(points: list[dict], clinical: list[float], path: Path) -> Path:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
     colours, placed = {}, {}
     for p in sorted(points, key=lambda p: (p["epochs"], p["auc"])):
         colour = colours.setdefault(p["series"], f"C{len(colours)}")  # one colour per recipe and input size
         ax.errorbar(p["epochs"], p["auc"], yerr=p["std"], fmt="o", capsize=3, color=colour,
                     mfc="none" if p["published"] else colour)
-        stacked = placed[p["epochs"]] = placed.get(p["epochs"], -1) + 1  # labels of one budget one above another
+        column = next((e for e in placed if e <= p["epochs"] < e * NEAR), p["epochs"])
+        stacked = placed[column] = placed.get(column, -1) + 1  # labels of nearby budgets one above another
         ax.annotate(p["label"], (p["epochs"], p["auc"]), textcoords="offset points", xytext=(7, -3 + 11 * stacked),
                     fontsize=7, color=colour)
+    top = max(p["auc"] + p["std"] for p in points)
     if clinical:
         ax.axhline(np.mean(clinical), color="grey", ls="--", lw=1, label=f"clinical model {np.mean(clinical):.3f}")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="center left")
+        top = max(top, float(np.mean(clinical)))
+    ax.set_ylim(top=top + 0.015)
     ax.text(0.99, 0.02, "filled: runs read here; hollow: published numbers (--point)", transform=ax.transAxes,
             ha="right", va="bottom", fontsize=7, color="grey")
-    epochs = sorted({p["epochs"] for p in points})
+    ticks = []
+    for e in sorted({p["epochs"] for p in points}):
+        if not ticks or e >= ticks[-1] * NEAR:
+            ticks.append(e)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.set_xticks(ticks, [str(e) for e in ticks])
     ax.minorticks_off()
-    ax.set_xlim(epochs[0] / 1.5, epochs[-1] * 2.5)  # room for the labels right of the last points
-    ax.set(xlabel="pretraining epochs (log scale)", ylabel="image-only AUC, mean head (fold seeds, mean±std)",
+    ax.set_xlim(ticks[0] / 1.5, max(p["epochs"] for p in points) * 4)  # room for the labels right of the last points
+    ax.set(xlabel="pretraining epochs (log scale)", ylabel="image-only AUC, mean head\n(fold seeds, mean±std)",
            title="Frozen self-supervised encoders: quality against pretraining budget")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
