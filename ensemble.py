@@ -22,7 +22,7 @@ DEFAULT_THRESHOLD_POLICY = "0.5"  # measured: BENCHMARKS.md "Whole pipeline" blo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Options of the fusion study."""
+    """Options of the fusion (equal weights or the study)."""
     parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, help="YAML file of defaults (CLI overrides it)")
     parser.add_argument("--runs", nargs="+", required=True, help="run directories to fuse")
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Check the runs agree, run the fusion study and write its outputs; return params and metrics."""
+    """Check the runs agree, fuse them (equal weights, or the fusion study) and write the outputs; return params and
+    metrics."""
     args = parse_config(build_parser(), argv)
     for option, value in (("--trials", args.trials), ("--nested-trials", args.nested_trials)):
         if value is not None and value < 1:
@@ -67,11 +68,13 @@ def report(result: dict, run_dir: Path) -> None:
     """Print the chosen fusion, the in-sample and honest BA, and each model alone."""
     params, m = result["params"], result["metrics"]
     weights = ", ".join(f"{n}={w:.2f}" for n, w in params.weights.items())
-    print(f"best fusion: {params.method}, threshold {params.threshold:.3f}, weights {weights}")
-    print(f"OOF BA in-sample (tuned on all folds): {m['in_sample']['pooled_ba']:.3f} "
-          f"(per fold {m['in_sample']['ba_mean']:.3f}±{m['in_sample']['ba_std']:.3f})")
-    print(f"OOF BA honest (tuned on k-1 folds, scored on the k-th; threshold {m['nested']['threshold_policy']}): "
-          f"{m['nested']['ba_mean']:.3f}±{m['nested']['ba_std']:.3f}, AUC {m['nested']['auc']:.3f}")
+    fusion, policy = m.get("fusion", "study"), m["nested"]["threshold_policy"]
+    fitted = ("weights tuned" if fusion == "study" else "threshold searched" if policy == "tuned" else None)
+    print(f"fusion {fusion}: {params.method}, threshold {params.threshold:.3f}, weights {weights}")
+    print(f"OOF BA in-sample ({f'{fitted} on all folds' if fitted else 'nothing fitted'}): "
+          f"{m['in_sample']['pooled_ba']:.3f} (per fold {m['in_sample']['ba_mean']:.3f}±{m['in_sample']['ba_std']:.3f})")
+    print(f"OOF BA honest ({f'{fitted} on k-1 folds, scored on the k-th' if fitted else 'nothing fitted: plain CV'}; "
+          f"threshold {policy}): {m['nested']['ba_mean']:.3f}±{m['nested']['ba_std']:.3f}, AUC {m['nested']['auc']:.3f}")
     policies = m["nested"]["threshold_policies"]
     print("  honest BA by threshold: " + ", ".join(f"{p} {v['ba_mean']:.3f}±{v['ba_std']:.3f}" for p, v in policies.items()))
     for name, b in m["models"].items():

@@ -143,7 +143,8 @@ def study_vs_equal(dirs: list[Path]) -> list[str]:
     blends: dict[str, list[dict]] = {}
     for path in sorted(p for d in dirs for p in d.glob("*_s[0-9]*/metrics.json")):
         metrics = json.loads(path.read_text())
-        if "nested" in metrics and "equal_weight_prob_mean_0.5" in metrics:
+        is_study = metrics.get("fusion", "study") == "study"  # an equal-weight ensemble has no study to compare
+        if is_study and "nested" in metrics and "equal_weight_prob_mean_0.5" in metrics:
             blends.setdefault(f"{path.parent.parent.name}/{path.parent.name.rsplit('_s', 1)[0]}", []).append(metrics)
     if not blends:
         return []

@@ -142,7 +142,7 @@ CASES = {  # name: (script, setup(data, tmp) -> extra argv, text the one error l
     "not_utf8": (PREP, _write(TRAIN_CSV, b"ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP0,1,M,1/1/1950,5\nP1,0,F,2/2/1960,4\xe9\n"),
                  "trainset_true.csv: not UTF-8 text (byte 0xe9 at offset 67, line 3)"),
     "folds_dir_blocked": (PREP, _blocked("--folds-dir"), "afile/blocked: cannot create directory"),
-    "cache_dir_blocked": (PREP, _cache_dir_blocked, "afile/cache/digests: cannot create directory (Not a directory)"),
+    "cache_dir_blocked": (PREP, _cache_dir_blocked, "afile/cache: cannot create directory"),
     "crop_too_large": (PREP, _args("--cache", "100", folds=True), "000000.jpg: crop 100 is larger than the 32x32 images"),
     "runs_dir_blocked": (CLIN, _runs_dir_blocked, "afile/runs/bad: cannot create directory"),
     "prefix_option": (CLIN, _args("--seed", "1", "--epoch", "3"), "unrecognized arguments: --epoch 3"),

@@ -88,20 +88,59 @@ def test_touched_or_copied_images_reuse_every_cache(tmp_path, caplog):
         pd.testing.assert_frame_equal(measured.drop(columns="path"), first.drop(columns="path"))
 
 
-def test_a_damaged_digest_store_is_recomputed_not_trusted(tmp_path):
-    from lib.data.digests import content_digests, file_digest
+def test_remembered_digests_are_not_read_again_and_a_damaged_store_is_recomputed(tmp_path, monkeypatch):
+    import lib.data.digests as digests
 
     data = make_2024(tmp_path / "d", n_cells=2, size=32)
     paths = sorted(str(p) for p in data.rglob("*.jpg"))
     store = tmp_path / "store.csv"
-    truth = [file_digest(p) for p in paths]
-    assert content_digests(paths, store, progress=False)["digest"].tolist() == truth
+    truth = [digests.file_digest(p) for p in paths]
+    hashed = []
+    monkeypatch.setattr(digests, "file_digest", lambda p: hashed.append(p) or truth[paths.index(p)])
+    assert digests.content_digests(paths, store, progress=False)["digest"].tolist() == truth and len(hashed) == len(paths)
+    hashed.clear()
+    assert digests.content_digests(paths, store, progress=False)["digest"].tolist() == truth and hashed == []
     whole = store.read_text()
     for cut in np.linspace(len(whole) // 2, len(whole) - 1, 12).astype(int):  # inside a path, a size, an mtime, a digest
         store.write_text(whole[:cut])
-        assert content_digests(paths, store, progress=False)["digest"].tolist() == truth, cut
+        hashed.clear()
+        assert digests.content_digests(paths, store, progress=False)["digest"].tolist() == truth, cut
+        rows, kept = whole.split("\n")[1:], whole[:cut].split("\n")[1:]  # after the header
+        intact = sum(row == rows[i] for i, row in enumerate(kept))  # rows the cut left whole
+        assert len(hashed) == len(paths) - intact, cut  # only the cut row and those after it are hashed again
     store.write_text("not,a,store\n")
-    assert content_digests(paths, store, progress=False)["digest"].tolist() == truth
+    assert digests.content_digests(paths, store, progress=False)["digest"].tolist() == truth
+
+
+def test_a_cache_directory_that_cannot_be_written_still_gives_the_digests(tmp_path, monkeypatch, caplog):
+    import lib.data.digests as digests
+    from lib.core.errors import DataError
+
+    def refuse(table, path):
+        raise DataError(f"{path}: cannot write (Read-only file system)")
+
+    monkeypatch.setattr(digests, "atomic_write_csv", refuse)
+    data = make_2024(tmp_path / "d", n_cells=2, size=32)
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    with caplog.at_level(logging.WARNING):
+        table = digests.content_digests(paths, tmp_path / "store.csv", progress=False)
+    assert table["digest"].tolist() == [digests.file_digest(p) for p in paths]
+    assert "store.csv: cannot write (Read-only file system) (not saved" in caplog.text
+
+
+def test_two_copies_of_a_data_directory_keep_each_others_digests(tmp_path, monkeypatch):
+    import shutil
+
+    import lib.data.digests as digests
+
+    a = make_2024(tmp_path / "a" / "d", n_cells=2, size=32)
+    b = Path(shutil.copytree(a, tmp_path / "b" / "d"))
+    store, hashed = tmp_path / "store.csv", []
+    real = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda p: hashed.append(p) or real(p))
+    for root in (a, b, a, b):
+        digests.content_digests(sorted(str(p) for p in root.rglob("*.jpg")), store, progress=False)
+    assert len(hashed) == 2 * len(list(a.rglob("*.jpg")))  # each copy hashed once
 
 
 def _as_older_version(index_path: Path, cache: Path) -> None:
@@ -147,9 +186,30 @@ def test_a_cache_of_an_older_version_whose_file_times_differ_is_rebuilt(tmp_path
     load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
     index_path = next((tmp_path / "cache").glob("*_c24.csv"))
     pd.read_csv(index_path).drop(columns="digest").assign(mtime_ns=0).to_csv(index_path, index=False)
+    array_path = next((tmp_path / "cache").glob("*_c24.u8"))
+    built = array_path.stat().st_mtime_ns
     with caplog.at_level(logging.WARNING):
         load_image_cache(load_dataset(data), 24, tmp_path / "cache", progress=False)
     assert "older version" in caplog.text and "digest" in pd.read_csv(index_path).columns
+    assert array_path.stat().st_mtime_ns != built  # rebuilt, not upgraded
+
+
+def test_an_older_version_morphometry_cache_measures_only_the_replaced_cell(tmp_path, monkeypatch):
+    import lib.features.morphometry.cache as morpho
+
+    data, cache = make_2024(tmp_path / "d", n_cells=2, size=32), tmp_path / "cache"
+    load_image_cache(load_dataset(data), 24, cache, progress=False)
+    first = morpho.cell_measurements(load_dataset(data), cache, progress=False)
+    _as_older_version(next(cache.glob("morpho/*.csv")), cache)
+    measured, real = [], morpho.measure_cells
+    monkeypatch.setattr(morpho, "measure_cells", lambda paths, **kw: measured.extend(paths) or real(paths, **kw))
+    _green_squares(data / "trainset" / "P1")  # P1's two cells replaced
+    again = morpho.cell_measurements(load_dataset(data), cache, progress=False)
+    assert sorted(Path(p).parent.name for p in measured) == ["P1", "P1"]
+    kept = first["ID"] != "P1"
+    pd.testing.assert_frame_equal(again[kept].drop(columns=["digest"]), first[kept].drop(columns=["digest"]),
+                                  check_dtype=False)
+    assert "digest" in pd.read_csv(next(cache.glob("morpho/*.csv"))).columns
 
 
 def test_image_cache_rebuilt_when_images_are_deleted(tmp_path):

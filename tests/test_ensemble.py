@@ -144,7 +144,7 @@ def test_nested_estimate_never_tunes_on_the_fold_it_scores(two_runs, tmp_path, m
     runs = load_runs(two_runs)
     tuned_on, real_tune = [], tuning.tune
     monkeypatch.setattr(tuning, "tune", lambda probas, *a: tuned_on.append(set(probas.index)) or real_tune(probas, *a))
-    result = tuning.nested_estimate(runs, tmp_path, "n", n_trials=8, seed=0)
+    result = tuning.nested_estimate(runs, tmp_path, "n", n_trials=8, seed=0, fusion="study")
     assert len(tuned_on) == 5
     for k, ids in enumerate(tuned_on):
         held = set(runs.fold.index[runs.fold == k])

@@ -178,3 +178,19 @@ def test_report_refuses_a_data_dir_whose_test_inputs_changed(data_dir, tmp_path)
     table.to_csv(csv, index=False)
     with pytest.raises(DataError, match=f"test patient {table.loc[0, 'ID']}'s inputs"):
         report.main(["--ensemble", str(ensemble), "--data-dir", str(changed), "--no-progress"])
+
+
+def test_the_blend_row_is_called_honest_only_when_nothing_was_fitted():
+    from types import SimpleNamespace
+
+    from lib.stages.report.build import honest_line
+
+    nested = {"ba_mean": 0.8, "ba_std": 0.05}
+    study = honest_line(SimpleNamespace(metrics={"fusion": "study", "nested": {**nested, "threshold_policy": "0.5"}}))
+    equal = honest_line(SimpleNamespace(metrics={"fusion": "equal", "nested": {**nested, "threshold_policy": "0.5"}}))
+    searched = honest_line(SimpleNamespace(metrics={"fusion": "equal", "nested": {**nested, "threshold_policy": "tuned"}}))
+    older = honest_line(SimpleNamespace(metrics={"nested": nested}))  # an ensemble made before the fusion option
+    assert "weights and threshold were fitted" in study and "optimistic" in study and "0.800±0.050" in study
+    assert "nothing was fitted" in equal and "optimistic" not in equal and "0.800±0.050" in equal
+    assert "threshold was fitted" in searched and "optimistic" in searched
+    assert older == study

@@ -78,3 +78,13 @@ def test_a_read_only_parent_is_refused(tmp_path):
             create_run(tmp_path / "ro" / "x", {"seed": 0})
     finally:
         (tmp_path / "ro").chmod(0o700)
+
+
+def test_a_refused_resume_hints_only_real_options_quoted(tmp_path):
+    create_run(tmp_path / "c", {"data_dir": "/data/my data", "dataset_name": "d-aaaa", "head_args": None})
+    with pytest.raises(DataError) as refused:
+        create_run(tmp_path / "c", {"data_dir": "/data/other", "dataset_name": "d-bbbb", "head_args": {"k": 1}},
+                   resume=True)
+    message = str(refused.value)
+    assert "(--data-dir '/data/my data')" in message and "--dataset-name" not in message and "--head-args" not in message
+    assert "dataset_name: 'd-aaaa' then, 'd-bbbb' now" in message and "head_args: None then, {'k': 1} now" in message

@@ -33,6 +33,7 @@ from lib.core.io import atomic_write_bytes, atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
+from lib.data.digests import remember
 from lib.data.images import CELL_DTYPES, ImageCache, cell_keys, legacy_index, load_image_cache, patient_rows, same_cells
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame, quiet: b
                         "recomputing", index_path)
         return None
     if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
-        atomic_write_csv(cell_keys(cells), index_path)
+        remember(cell_keys(cells), index_path)
     return np.load(array_path)
 
 

@@ -7,6 +7,7 @@ proba = mean over folds), ``metrics.json`` and PNG plots.
 import fcntl
 import logging
 import os
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -23,6 +24,8 @@ NOT_COMPARED_ON_RESUME = {"resume", "folds", "device", "workers", "config", "tri
                           "progress", "embed_batch", "cache_dir", "verbose"}
 # Options added after runs were made, with the value an older run's config.yaml (which lacks them) stands for
 LATER_OPTION_DEFAULTS = {"fusion": "study"}
+# Settings a stage records that are not options of its script (no "--option" can restore them)
+DERIVED_SETTINGS = {"dataset_name", "test_inputs", "stage"}
 LOCK_NAME = ".lock"
 _HELD_LOCKS: dict[Path, int] = {}  # run dir -> open fd of its lock file, held (flock) until the process exits
 
@@ -122,8 +125,8 @@ def _check_same_config(saved: Path, config: dict) -> None:
     if changed:
         then = {k: old.get(k, LATER_OPTION_DEFAULTS.get(k)) for k in changed}
         was = "; ".join(f"{k}: {_short(then[k])} then, {_short(config.get(k))} now" for k in changed)
-        hint = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in then.items() if isinstance(v, (str, int, float))
-                        and not isinstance(v, bool))
+        hint = " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in then.items()
+                        if k not in DERIVED_SETTINGS and isinstance(v, (str, int, float)) and not isinstance(v, bool))
         raise DataError(f"{saved}: cannot resume with different settings ({was}); pass the run's settings"
                         f"{f' ({hint})' if hint else ''} to continue it, or start another run (another --experiment or "
                         f"runs directory)")

@@ -54,10 +54,11 @@ def _stat(path: str) -> tuple[int, int]:
 
 def content_digests(paths: list[str], store: Path, progress: bool = True, workers: int = 2) -> pd.DataFrame:
     """path, size, mtime_ns and digest of each file, in order: remembered ones where the stat matches the store,
-    the others read and hashed (then the store is rewritten for exactly these files, atomically)."""
+    the others read and hashed (then the store is rewritten, atomically: these files, and the other files it
+    remembered that still exist, e.g. another copy of the data directory)."""
     now = file_stats([str(p) for p in paths])
     known = _read_store(store)
-    table = now.merge(known, on=STAT_KEY, how="left") if len(known) else now.assign(digest=None)
+    table = now.merge(known, on=STAT_KEY, how="left")
     table["digest"] = table["digest"].astype(object)
     missing = np.flatnonzero(table["digest"].isna().to_numpy())
     if len(missing) == 0:
@@ -70,23 +71,37 @@ def content_digests(paths: list[str], store: Path, progress: bool = True, worker
         digests = list(tqdm(pool.map(file_digest, todo), total=len(todo), desc="hash images", unit="img",
                             disable=not progress or len(todo) < 1000))
     table.loc[missing, "digest"] = digests
-    atomic_write_csv(table, store)
+    others = known[~known["path"].isin(table["path"])]
+    others = others[[os.path.exists(p) for p in others["path"]]]
+    remember(pd.concat([table, others], ignore_index=True), store)
     return table
 
 
-def _read_store(store: Path) -> pd.DataFrame:
-    """The remembered digests (empty when absent or unreadable: they are recomputed, never trusted half-read)."""
+def remember(table: pd.DataFrame, path: Path) -> None:
+    """Write a cache file that only saves work (a digest store, an index upgraded in place); a cache directory
+    that cannot be written (read-only, another user's) leaves it as it was, with a warning, and the caller goes on
+    with what it computed."""
     try:
-        known = pd.read_csv(store, dtype={"path": str, "digest": str})
+        atomic_write_csv(table, path)
+    except DataError as exc:
+        log.warning("%s (not saved: the next run computes it again)", exc)
+
+
+def _read_store(store: Path) -> pd.DataFrame:
+    """The remembered digests (empty when absent or unreadable; a row cut off or damaged is dropped, and its file
+    hashed again: never trusted half-read)."""
+    empty = pd.DataFrame({"path": pd.Series(dtype=str), "size": pd.Series(dtype=np.int64),
+                          "mtime_ns": pd.Series(dtype=np.int64), "digest": pd.Series(dtype=str)})
+    try:
+        known = pd.read_csv(store, dtype=str, keep_default_na=False)  # all text: checked before converting
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return pd.DataFrame(columns=[*STAT_KEY, "digest"])
+        return empty
     if not {*STAT_KEY, "digest"} <= set(known.columns):
-        return pd.DataFrame(columns=[*STAT_KEY, "digest"])
-    known = known[[*STAT_KEY, "digest"]].dropna()
-    whole = known["digest"].str.fullmatch(r"[0-9a-f]{40}") & known["size"].map(_integer) & known["mtime_ns"].map(_integer)
-    return known[whole].drop_duplicates(STAT_KEY).astype({"size": np.int64, "mtime_ns": np.int64})
-
-
-def _integer(value) -> bool:
-    """A whole number as read back from a CSV (a cut-off row may leave text or a float)."""
-    return isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.isdigit())
+        return empty
+    whole = (known["digest"].str.fullmatch(r"[0-9a-f]{40}") & known["size"].str.fullmatch(r"\d{1,18}")
+             & known["mtime_ns"].str.fullmatch(r"\d{1,19}") & (known["path"] != ""))
+    known = known.loc[whole.fillna(False).astype(bool), [*STAT_KEY, "digest"]]
+    try:
+        return known.drop_duplicates(STAT_KEY).astype({"size": np.int64, "mtime_ns": np.int64})
+    except (OverflowError, ValueError):  # a number beyond int64: damaged, so nothing of it is trusted
+        return empty

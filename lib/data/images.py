@@ -19,7 +19,7 @@ import pandas as pd
 from lib.core.progress import tqdm
 
 from lib.data.dataset import Dataset
-from lib.data.digests import content_digests, digest_store
+from lib.data.digests import content_digests, digest_store, remember
 from lib.core.errors import DataError
 from lib.core.io import atomic_write_csv, build_lock, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
@@ -84,6 +84,7 @@ def image_index(dataset: Dataset, cache_dir: Path = CACHE_DIR, progress: bool = 
     rows = [(pid, split, str(path)) for pid, split in dataset.patients["split"].items()
             for path in dataset.images[pid]]
     table = pd.DataFrame(rows, columns=["ID", "split", "path"])
+    make_dirs(cache_dir)  # a cache directory that cannot exist is an error before any work (one that is read-only is not)
     content = content_digests(table["path"].tolist(), digest_store(cache_dir, dataset.name), progress)
     return table.assign(file=[Path(p).name for p in table["path"]], size=content["size"].to_numpy(),
                         mtime_ns=content["mtime_ns"].to_numpy(), digest=content["digest"].to_numpy(),
@@ -152,7 +153,7 @@ def _read_index(index_path: Path, index: pd.DataFrame) -> bool:
     if not same_cells(saved, index):
         return False
     if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
-        atomic_write_csv(index, index_path)
+        remember(index, index_path)
     return True
 
 

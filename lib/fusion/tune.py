@@ -17,6 +17,7 @@ import pandas as pd
 from lib.core.metrics import binary_scores
 from lib.core.study import MEMORY, open_study, run_trials, top_trials_summary
 from lib.fusion.fuse import (
+    DEFAULT_FUSION,
     METHODS,
     THRESHOLD_POLICIES,
     THRESHOLD_RANGE,
@@ -86,7 +87,7 @@ def fit_fusion(probas: pd.DataFrame, target: pd.Series, fusion: str, study, n_tr
 
 
 def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int,
-                    policy: str = "tuned", fusion: str = "study") -> dict:
+                    policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> dict:
     """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k at the ``policy``'s threshold
     (every policy is reported too); mean±std over folds.
 
@@ -161,7 +162,7 @@ def is_clinical_run(config: dict) -> bool:
 
 
 def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: int, nested_trials: int,
-                      seed: int, policy: str = "tuned", fusion: str = "study") -> tuple[FusionParams, pd.Series, dict]:
+                      seed: int, policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> tuple[FusionParams, pd.Series, dict]:
     """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics).
 
     ``policy``: the submitted threshold is the searched one (``tuned``), 0.5, or the OOF prevalence quantile;

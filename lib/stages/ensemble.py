@@ -11,7 +11,7 @@ import pandas as pd
 from lib.core.io import atomic_write_csv, atomic_write_json
 from lib.core.plots import plot_roc
 from lib.core.study import open_study, safe_url, save_study_plots
-from lib.fusion.fuse import FusionParams
+from lib.fusion.fuse import DEFAULT_FUSION, FusionParams
 from lib.fusion.runs import RunSet
 from lib.fusion.tune import tune_and_estimate
 
@@ -19,7 +19,7 @@ DEFAULT_STORAGE_NOTE = "sqlite:///<run_dir>/study.db"
 
 
 def run_ensemble(runs: RunSet, run_dir: Path, n_trials: int, nested_trials: int, storage: str | None,
-                 seed: int, name: str, policy: str = "tuned", fusion: str = "study") -> dict:
+                 seed: int, name: str, policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> dict:
     """Tune the fusion (resuming the study; no study for equal weights), estimate it honestly, write every output;
     return params and metrics."""
     study = open_study(name, storage, run_dir, seed) if fusion == "study" else None

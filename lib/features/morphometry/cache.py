@@ -9,7 +9,17 @@ import pandas as pd
 from lib.core.io import atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.data.dataset import Dataset
-from lib.data.images import CELL_DTYPES, CELL_KEY, cell_keys, image_index, legacy_index, read_image, same_cells
+from lib.data.digests import remember
+from lib.data.images import (
+    CELL_DTYPES,
+    CELL_KEY,
+    LEGACY_KEY,
+    cell_keys,
+    image_index,
+    legacy_index,
+    read_image,
+    same_cells,
+)
 from lib.features.morphometry import segment
 from lib.features.morphometry.pooling import DEFAULT_POOLED, pool_patient_features
 from lib.features.morphometry.segment import measure_cells
@@ -50,7 +60,7 @@ def _reuse(saved: pd.DataFrame, index: pd.DataFrame, path: Path) -> pd.DataFrame
     if legacy_index(saved):
         cells.insert(cells.columns.get_loc("mtime_ns"), "digest", index["digest"].to_numpy())
         cells = cells.drop(columns="mtime_ns")
-        atomic_write_csv(cells, path)
+        remember(cells, path)
     return cells
 
 
@@ -65,16 +75,17 @@ def _measure(dataset: Dataset, path: Path, index: pd.DataFrame, progress: bool) 
     if saved is not None and same_cells(saved, index):
         return _reuse(saved, index, path)
     now, paths = cell_keys(index), index["path"].tolist()
-    reuse = pd.DataFrame()
+    reuse, key = pd.DataFrame(), CELL_KEY
     if saved is not None:
         log.warning("%s: cached cells differ from the images of %s (added, removed or replaced, or measured by an "
                     "older version), measuring the changed cells again", path, dataset.root)
-        if set(CELL_KEY) <= set(saved.columns):
-            reuse = saved.drop(columns=["path"]).drop_duplicates(CELL_KEY)
+        key = LEGACY_KEY if legacy_index(saved) else CELL_KEY  # an earlier version's rows match on file times
+        if set(key) <= set(saved.columns):
+            reuse = saved.drop(columns=["path"]).drop_duplicates(key)
     if len(reuse):
-        keyed = now.merge(reuse, on=CELL_KEY, how="left", indicator=True)
+        keyed = now.assign(mtime_ns=index["mtime_ns"].to_numpy()).merge(reuse, on=key, how="left", indicator=True)
         todo = (keyed["_merge"] == "left_only").to_numpy()
-        keyed = keyed.drop(columns=["_merge"])
+        keyed = keyed.drop(columns=["_merge", "mtime_ns"])
     else:
         keyed, todo = None, None
     todo_paths = [p for i, p in enumerate(paths) if todo is None or todo[i]]

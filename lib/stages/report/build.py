@@ -52,12 +52,21 @@ def key_table(ensemble: EnsembleRun) -> pd.DataFrame:
 
 
 def honest_line(ensemble: EnsembleRun) -> str:
-    """The nested (honest) BA of the blend from the ensemble's metrics.json, if recorded."""
+    """What the blend's row is worth: the nested (honest) BA from the ensemble's metrics.json, if recorded, and
+    whether anything was fitted on these OOF predictions (equal weights at 0.5 fit nothing)."""
     nested = ensemble.metrics.get("nested", {})
     if "ba_mean" not in nested:
         return ""
-    return (f" The blend's weights and threshold were tuned on these same OOF predictions, so its row is optimistic; "
-            f"the honest (nested) estimate is BA {nested['ba_mean']:.3f}±{nested['ba_std']:.3f}.")
+    honest = f"BA {nested['ba_mean']:.3f}±{nested['ba_std']:.3f}"
+    if ensemble.metrics.get("fusion") != "equal":
+        fitted = "weights and threshold were"
+    elif nested.get("threshold_policy") == "0.5":
+        return (f" The blend is the equal-weight mean at threshold 0.5: nothing was fitted on these OOF predictions, "
+                f"so its row is an honest CV estimate ({honest}).")
+    else:
+        fitted = "weights are equal, but its threshold was"
+    return (f" The blend's {fitted} fitted on these same OOF predictions, so its row is optimistic; the honest "
+            f"(nested) estimate is {honest}.")
 
 
 def quality_figures(ensemble: EnsembleRun, out: Path) -> list[Figure]:
