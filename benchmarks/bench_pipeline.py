@@ -48,13 +48,16 @@ def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
         m = json.loads((run_root / name / "metrics.json").read_text())
         scores[name] = (m["ba_mean"], m["auc_mean"])
     blend = json.loads((run_root / "ensemble" / "metrics.json").read_text())
-    scores["blend (in-sample tuned)"] = (blend["in_sample"]["ba_mean"], blend["in_sample"]["auc"])
     nested = blend["nested"]
-    scores["blend (nested, honest)"] = (nested["ba_mean"], nested.get("auc", np.nan))
+    if blend.get("fusion", "study") == "equal":  # nothing tuned: one honest CV score, and the threshold policies
+        scores["blend (equal weights, CV)"] = (nested["ba_mean"], nested.get("auc", np.nan))
+    else:
+        scores["blend (in-sample tuned)"] = (blend["in_sample"]["ba_mean"], blend["in_sample"]["auc"])
+        scores["blend (nested, honest)"] = (nested["ba_mean"], nested.get("auc", np.nan))
     for policy, value in nested.get("threshold_policies", {}).items():  # the threshold validated like a model
         if policy != "tuned":
             scores[f"blend (nested, threshold {policy})"] = (value["ba_mean"], nested.get("auc", np.nan))
-    if "equal_weight_prob_mean_0.5" in blend:  # the fixed rule beside the study, on the same model runs
+    if blend.get("fusion", "study") == "study" and "equal_weight_prob_mean_0.5" in blend:  # beside the study
         equal = blend["equal_weight_prob_mean_0.5"]
         scores["blend (equal weights, 0.5, nothing fitted)"] = (equal["ba_mean"], equal.get("auc", np.nan))
     return scores
