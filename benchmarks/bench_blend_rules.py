@@ -26,7 +26,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encoder_features import PREFIX  # noqa: E402
 from benchmarks.bench_ssl import clinical_run, clinical_run_name, cnn_run, cnn_run_name  # noqa: E402
-from benchmarks.common import finished, publish, total_epochs  # noqa: E402
+from benchmarks.common import finished, publish  # noqa: E402
+from lib.cnn.pretrain import total_epochs  # noqa: E402
 from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
 from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402

@@ -120,11 +120,6 @@ def finished(run_dir: Path, train) -> dict:
     return json.loads(path.read_text()) if path.exists() else train()
 
 
-def total_epochs(record: dict) -> int:
-    """An encoder's pretraining epochs in all (encoder.json; a continued run counts its parent's too)."""
-    return int(record.get("epochs_total", record["epochs"]))
-
-
 def encoder_input_args(weights: str | Path) -> list[str]:
     """train_cnn.py options that embed with an encoder of pretrain_cnn.py as it was trained (its crop and input
     size, from encoder.json), whatever the preset's; none for other weights."""
@@ -136,6 +131,8 @@ def encoder_input_args(weights: str | Path) -> list[str]:
 
 def epochs_label(record: dict, unit: str = "ep") -> str:
     """'25 ep', or '50+40 ep' for a run continued from another encoder."""
+    from lib.cnn.pretrain import total_epochs
+
     parent = total_epochs(record) - record["epochs"]
     return f"{parent}+{record['epochs']} {unit}" if parent else f"{record['epochs']} {unit}"
 

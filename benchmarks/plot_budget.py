@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import epochs_label, total_epochs  # noqa: E402
+from benchmarks.common import epochs_label  # noqa: E402
 from lib.core.plots import pyplot, save_figure  # noqa: E402
 
 PRESET_INPUT = 64  # the pretraining presets' input side: other sizes are named in the labels
@@ -40,6 +40,8 @@ def metrics_of(runs_dir: Path, pattern: str) -> list[dict]:
 
 def encoder_points(runs_dir: Path) -> list[dict]:
     """One point per finished and scored encoder run of a bench_encoders.py directory."""
+    from lib.cnn.pretrain import total_epochs  # torch: only once there are runs to read
+
     points = []
     for record_path in sorted(runs_dir.glob("enc_*/encoder.json")):
         match = ENCODER_DIR.match(record_path.parent.name)

@@ -230,3 +230,8 @@ def encoder_record(weights: Path | None) -> dict | None:
     except (OSError, ValueError) as exc:
         raise DataError(f"{encoder_record_path(weights)}: unreadable encoder record ({exc})") from None
     return record if isinstance(record, dict) and record.get("objective") else None
+
+
+def total_epochs(record: dict) -> int:
+    """An encoder's pretraining epochs in all (its record; a continued run counts its parent's too)."""
+    return int(record.get("epochs_total", record["epochs"]))

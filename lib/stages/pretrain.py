@@ -21,7 +21,14 @@ import torch
 
 from lib.cnn.device import resolve_device, training_autocast_dtype
 from lib.cnn.embedding import precision_name
-from lib.cnn.pretrain import PretrainSettings, build_pretrainer, encoder_record, encoder_record_path, pretrain
+from lib.cnn.pretrain import (
+    PretrainSettings,
+    build_pretrainer,
+    encoder_record,
+    encoder_record_path,
+    pretrain,
+    total_epochs,
+)
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
 from lib.core.plots import pyplot, save_figure
@@ -111,7 +118,7 @@ def lineage(weights: str, epochs: int) -> dict:
     if parent is None:
         return {"epochs_total": epochs}
     return {"init_weights_tag": parent["weights_tag"],
-            "epochs_total": int(parent.get("epochs_total", parent["epochs"])) + epochs}
+            "epochs_total": total_epochs(parent) + epochs}
 
 
 def objective_record(s) -> dict:
