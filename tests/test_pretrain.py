@@ -102,17 +102,18 @@ pretrain_cnn.main({argv!r})
 """
 
 
-def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(cohort, tmp_path):
-    pretrain(cohort, tmp_path, "whole")
+@pytest.mark.parametrize("amp", ["off", "bf16"])  # both precisions on every CPU (bf16 is emulated without AVX512-BF16)
+def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_weights(cohort, tmp_path, amp):
+    pretrain(cohort, tmp_path, "whole", "--amp", amp)
     argv = ["--data-dir", str(cohort), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
-            "--experiment", "killed", *TINY]
+            "--experiment", "killed", *TINY, "--amp", amp]
     script = textwrap.dedent(KILLED.format(repo=str(REPO), argv=argv))
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert done.returncode == 9, done.stderr[-2000:]  # SIGKILL-like death after epoch 1's checkpoint
     assert torch.load(tmp_path / "runs" / "killed" / "last.pt", weights_only=False)["epoch"] == 1
-    record = pretrain(cohort, tmp_path, "killed", "--resume")
-    assert len(record["loss_per_epoch"]) == 3
+    record = pretrain(cohort, tmp_path, "killed", "--resume", "--amp", amp)
+    assert len(record["loss_per_epoch"]) == 3 and record["precision"] == {"off": "fp32", "bf16": "bf16"}[amp]
     assert same_weights(encoder(tmp_path, "whole"), encoder(tmp_path, "killed"))
 
 
@@ -157,8 +158,10 @@ def test_bad_settings_fail_before_any_work(cohort, tmp_path, extra, message):
     assert not (tmp_path / "runs" / "bad").exists()
 
 
-DINO = ["--objective", "dino", "--local-crops", "2", "--local-size", "12", "--prototypes", "32", "--temperature", "0.1",
-        "--epochs", "2"]
+# 32-px globals and 18-px locals: no strided convolution of test_efficientnet sees a 1-pixel map (16 px would:
+# lib.cnn.device.check_bf16_training_shapes refuses that under bf16)
+DINO = ["--objective", "dino", "--local-crops", "2", "--input-size", "32", "--local-size", "18", "--prototypes", "32",
+        "--temperature", "0.1", "--epochs", "2"]
 
 
 def test_dino_loss_is_low_when_the_student_agrees_with_the_teacher():
@@ -186,8 +189,9 @@ def test_the_teacher_moves_towards_the_student_ever_more_slowly():
     assert torch.allclose(teacher, before + 0.5) and net.encoder() is net.teacher_backbone
 
 
-def test_dino_multi_crop_run_writes_the_teachers_encoder_and_resumes_exactly(cohort, tmp_path, monkeypatch):
-    whole = pretrain(cohort, tmp_path, "dino", *DINO)
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_dino_multi_crop_run_writes_the_teachers_encoder_and_resumes_exactly(cohort, tmp_path, monkeypatch, amp):
+    whole = pretrain(cohort, tmp_path, "dino", *DINO, "--amp", amp)
     assert whole["objective"] == "dino" and whole["local_crops"] == 2 and len(whole["loss_per_epoch"]) == 2
     assert all(math.isfinite(loss) for loss in whole["loss_per_epoch"])
 
@@ -196,9 +200,23 @@ def test_dino_multi_crop_run_writes_the_teachers_encoder_and_resumes_exactly(coh
             raise KeyboardInterrupt
     monkeypatch.setattr(lib.cnn.pretrain, "after_epoch", die)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(cohort, tmp_path, "dino_killed", *DINO)
+        pretrain(cohort, tmp_path, "dino_killed", *DINO, "--amp", amp)
     monkeypatch.undo()
-    resumed = pretrain(cohort, tmp_path, "dino_killed", *DINO, "--resume")
+    resumed = pretrain(cohort, tmp_path, "dino_killed", *DINO, "--resume", "--amp", amp)
     assert resumed["loss_per_epoch"] == whole["loss_per_epoch"]
     assert same_weights(encoder(tmp_path, "dino"), encoder(tmp_path, "dino_killed"))
-    assert cnn(cohort, tmp_path, "dino_embed", tmp_path / "runs" / "dino" / "encoder.pth")["embedded_images"] > 0
+    assert cnn(cohort, tmp_path, "dino_embed", tmp_path / "runs" / "dino" / "encoder.pth", "--input-size", "32",
+               "--amp", amp)["embedded_images"] > 0
+
+
+@pytest.mark.parametrize("local_size, amp, refused", [("16", "bf16", True), ("16", "off", False), ("18", "bf16", False)])
+def test_bf16_training_that_would_feed_a_strided_convolution_one_pixel_is_refused(cohort, tmp_path, local_size, amp,
+                                                                                refused):
+    """oneDNN's bf16 weight gradient of a strided convolution on a 1-pixel map is garbage (non-repeatable, NaN)."""
+    args = (*DINO, "--local-size", local_size, "--amp", amp, "--epochs", "1")
+    if refused:
+        with pytest.raises(DataError, match=r"strided convolution .* 1-pixel map at 16-px inputs.*--amp off"):
+            pretrain(cohort, tmp_path, "tiny_locals", *args)
+        assert not (tmp_path / "runs" / "tiny_locals").exists()  # refused before any work
+    else:
+        assert math.isfinite(pretrain(cohort, tmp_path, "tiny_locals", *args)["loss_per_epoch"][0])

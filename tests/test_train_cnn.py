@@ -130,8 +130,9 @@ def test_clinical_standardisation_uses_training_patients_only(data_2024):
     assert again.loc["P4"].ne(z.loc["P4"]).any()
 
 
-def test_finetune_resumes_a_killed_run_from_its_last_epoch(data_dir, tmp_path, monkeypatch):
-    finetune = ("--regime", "finetune", "--folds", "0", "--lr", "0.01", "--backbone-lr", "0.01")
+@pytest.mark.parametrize("amp", ["off", "bf16"])  # both precisions on every CPU (bf16 is emulated without AVX512-BF16)
+def test_finetune_resumes_a_killed_run_from_its_last_epoch(data_dir, tmp_path, monkeypatch, amp):
+    finetune = ("--regime", "finetune", "--folds", "0", "--lr", "0.01", "--backbone-lr", "0.01", "--amp", amp)
     run(data_dir, tmp_path, "whole", *finetune)
     epochs_run = []
 

@@ -21,7 +21,7 @@ import torch
 
 from lib.cnn import embed_mil, finetune
 from lib.cnn.common import FoldResult
-from lib.cnn.device import autocast_dtype, resolve_device
+from lib.cnn.device import autocast_dtype, check_bf16_training_shapes, resolve_device, training_autocast_dtype
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.pretrain import encoder_record, encoder_record_path
 from lib.cnn.settings import clinical_inputs, finetune_settings, head_settings
@@ -79,6 +79,9 @@ def check_options(args: argparse.Namespace) -> Setup:
     frozen_modules(backbone, args.freeze_blocks)  # range check
     config = embed_data_config(backbone, args.crop, args.input_size)
     check_encoder_record(weights, args.backbone, args.crop, input_side(config))
+    if args.regime == "finetune":
+        check_bf16_training_shapes(backbone, [input_side(config)], training_autocast_dtype(args.amp, device), device,
+                                   args.backbone)
     return Setup(weights, device, config, backbone)
 
 

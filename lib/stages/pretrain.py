@@ -19,13 +19,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lib.cnn.device import resolve_device, training_autocast_dtype
+from lib.cnn.device import check_bf16_training_shapes, resolve_device, training_autocast_dtype
 from lib.cnn.embedding import precision_name
 from lib.cnn.pretrain import (
     PretrainSettings,
     build_pretrainer,
     encoder_record,
     encoder_record_path,
+    local_side,
     pretrain,
     total_epochs,
 )
@@ -59,7 +60,12 @@ def check_options(args: argparse.Namespace) -> tuple[torch.nn.Module, dict, torc
     check_pretrain_ranges(args)
     device = resolve_device(args.device)
     backbone = build_backbone(args.backbone, resolve_weights(args.weights, args.cache_dir), args.seed)
-    return backbone, embed_data_config(backbone, args.crop, args.input_size), device
+    data_config = embed_data_config(backbone, args.crop, args.input_size)
+    sides = [input_side(data_config)]
+    if args.objective == "dino" and args.local_crops:
+        sides.append(local_side(pretrain_settings(args), data_config))
+    check_bf16_training_shapes(backbone, sides, training_autocast_dtype(args.amp, device), device, args.backbone)
+    return backbone, data_config, device
 
 
 def check_data(args: argparse.Namespace, dataset: Dataset) -> None:
