@@ -1,6 +1,6 @@
 """Benchmark: bf16 autocast training numerics of the CPU fine-tune preset against fp32, on the demo data.
 
-Usage: python benchmarks/bench_bf16.py [--epochs 12] [--runs-dir DIR] [--no-append]
+Usage: python -m benchmarks.bench_bf16 [--epochs 12] [--runs-dir DIR] [--no-append]
 Three runs of configs/cnn_cpu_finetune.yaml from a random ResNet-10-T on fold 0 of the embedded demo data
 (no encoder needed): fp32 (--amp off) with seed 0, bf16 (--amp bf16) with seed 0, and fp32 with seed 1.
 bf16 passes when its per-epoch training loss stays as close to fp32's as two fp32 seeds are to each other
@@ -8,20 +8,18 @@ bf16 passes when its per-epoch training loss stays as close to fp32's as two fp3
 precision and the fold-0 validation probabilities' agreement. The loss curves go to --plot.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_cnn  # noqa: E402
-from benchmarks.common import bench_runs_dir, publish  # noqa: E402
-from lib.cnn.device import cpu_has_bf16  # noqa: E402
-from lib.core.paths import CONFIGS_DIR, RUNS_DIR  # noqa: E402
-from lib.core.plots import pyplot, save_figure  # noqa: E402
-from lib.data.locate import resolve_data_dir  # noqa: E402
+import train_cnn
+from benchmarks.common import bench_runs_dir, publish
+from lib.cnn.device import cpu_has_bf16
+from lib.core.paths import CONFIGS_DIR, RUNS_DIR
+from lib.core.plots import pyplot, save_figure
+from lib.data.locate import resolve_data_dir
 
 RUNS = {"fp32 seed 0": ("off", 0), "bf16 seed 0": ("bf16", 0), "fp32 seed 1": ("off", 1)}
 

@@ -3,16 +3,14 @@ training): per fold seed, the correlation of the models' OOF errors, how often e
 the patients the clinical model misses, and a stacked logistic model over the models' OOF scores (nested: fitted
 on the other folds, scored on the held-out one) against the Optuna blend's nested BA on the same folds.
 
-Usage: python benchmarks/bench_blend_analysis.py --night runs/bench_night/lymphocytosis-ff2a1e3f_night
+Usage: python -m benchmarks.bench_blend_analysis --night runs/bench_night/lymphocytosis-ff2a1e3f_night
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, publish
 from lib.core.io import read_json
 from lib.core.metrics import mean_std

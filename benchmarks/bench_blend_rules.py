@@ -1,7 +1,7 @@
 """Benchmark: fixed blending rules (nothing fitted on the OOF) over every subset of the models, the subset chosen on
 one fold seed and reported on others (issue 21 item 5: what the blend needs from the images).
 
-Usage: python benchmarks/bench_blend_rules.py --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
+Usage: python -m benchmarks.bench_blend_rules --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
        [--choose-seed 42] [--seeds 43 44 45] [--runs-dir runs/bench_encfeat] [--ensembles DIR ...] [--no-append]
 Models, one 5-fold run per fold seed (bench_encoder_features.py's runs, reused from --runs-dir when finished):
 clinical, clinical+morpho and clinical+encoder (train_clinical.py), the default ImageNet CNNs (mean and attention
@@ -17,23 +17,21 @@ every ensemble.py run found there, its Optuna weights (nested estimate) against 
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_encoder_features import PREFIX  # noqa: E402
-from benchmarks.bench_ssl import clinical_run, clinical_run_name, cnn_run, cnn_run_name  # noqa: E402
-from benchmarks.common import finished, publish  # noqa: E402
-from lib.cnn.pretrain import total_epochs  # noqa: E402
-from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
-from lib.core.plots import pyplot, save_figure  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
-from lib.fusion.fuse import FusionParams, fuse  # noqa: E402
-from lib.fusion.runs import load_runs  # noqa: E402
+from benchmarks.common import finished, publish
+from benchmarks.model_runs import ENCODER_FEATURES_PREFIX as PREFIX
+from benchmarks.model_runs import clinical_run, clinical_run_name, cnn_run, cnn_run_name
+from lib.cnn.pretrain import total_epochs
+from lib.core.metrics import fold_metrics, mean_std
+from lib.core.paths import SHARED_DATA_DIR
+from lib.core.plots import pyplot, save_figure
+from lib.data.dataset import load_dataset
+from lib.fusion.fuse import FusionParams, fuse
+from lib.fusion.runs import load_runs
 
 LOW_COUNT = 10.0  # G/L: the tumoral patients the blend misses have 4.9-8.3
 DEFAULT_SET = ("clinical", "clinical+morpho", "imagenet mean", "imagenet attention")  # pipeline.py's four

@@ -1,22 +1,20 @@
 """Benchmark: repeated 5-fold CV of the clinical model (fold seeds 42..46), BA and AUC mean±std.
 
-Usage: python benchmarks/bench_clinical.py [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44 45 46]
+Usage: python -m benchmarks.bench_clinical [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44 45 46]
        [--feature-sets clinical clinical+morpho clinical+morpho-shuffled]
 Several feature sets are run on the same folds, the first being the baseline of the block.
 Each seed's fold file is read from folds/ (created once on first use). Prints the numbers and appends a
 dated block to BENCHMARKS.md (unless --no-append).
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_clinical  # noqa: E402
-from benchmarks.common import bench_runs_dir, publish  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
-from lib.features.tables import FEATURE_SETS  # noqa: E402
+import train_clinical
+from benchmarks.common import bench_runs_dir, publish
+from lib.core.metrics import mean_std
+from lib.core.paths import SHARED_DATA_DIR
+from lib.features.tables import FEATURE_SETS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,12 +1,11 @@
 """Benchmark: JPEG decode throughput vs reading the decoded-image cache, on a competition directory; and the cost
 of the cells' content digests every cache is keyed on (hashed once, then remembered by file stat).
 
-Usage: python benchmarks/bench_decode.py [--data-dir ../shared/data/lymphocytosis] [--crop 112]
+Usage: python -m benchmarks.bench_decode [--data-dir ../shared/data/lymphocytosis] [--crop 112]
 Prints img/s and appends a dated block to BENCHMARKS.md (unless --no-append).
 """
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import publish  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
-from lib.data.digests import content_digests  # noqa: E402
-from lib.data.images import load_image_cache, read_image  # noqa: E402
+from benchmarks.common import publish
+from lib.core.paths import SHARED_DATA_DIR
+from lib.data.dataset import load_dataset
+from lib.data.digests import content_digests
+from lib.data.images import load_image_cache, read_image
 
 
 def rate(n: int, seconds: float) -> str:

@@ -1,6 +1,6 @@
 """Benchmark: the README's main command (./run.sh) on a fresh clone, from submission.csv absent to present.
 
-Usage: python benchmarks/bench_demo.py [--reuse-venv PATH]
+Usage: python -m benchmarks.bench_demo [--reuse-venv PATH]
 1. Clones the committed HEAD of this repository into a temporary directory (no data, caches or runs).
 2. Install included: runs ./run.sh there (creates .venv and pip-installs requirements.txt, then the
    whole pipeline on the embedded demo data) and times it until submission.csv exists.
@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import publish  # noqa: E402
-from lib.core.paths import REPO_DIR  # noqa: E402
+from benchmarks.common import publish
+from lib.core.paths import REPO_DIR
 
 GOAL_SECONDS = 180  # issue 7: demo, install excluded, within 3 minutes
 OUTPUTS = ("submission.csv", "submission_proba.csv", "runs", "cache", "data")

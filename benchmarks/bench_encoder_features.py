@@ -1,7 +1,7 @@
 """Benchmark: a frozen SSL encoder's pooled cells as a clinical-stage feature set, alone and in the blend (issue 21
 items 4 and 5).
 
-Usage: python benchmarks/bench_encoder_features.py --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
+Usage: python -m benchmarks.bench_encoder_features --encoder runs/<ssl>/encoder.pth [--data-dir DIR]
        [--seeds 43 44 45] [--trials 100] [--runs-dir DIR] [--no-append]
 On every fold seed (not 42, the seed the pooling and PCA size were chosen on, block 'Patient features pooled
 from a frozen cell encoder'): train_clinical.py with the feature sets clinical, clinical+morpho and
@@ -15,19 +15,16 @@ Quality: CV BA at 0.5 and AUC, mean±std over the seeds of the per-seed fold mea
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_ssl import blend, clinical_run, cnn_run  # noqa: E402
-from benchmarks.common import blend_line, over_seeds, publish, quality_line  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
-
-PREFIX = "encfeat"
+from benchmarks.common import blend_line, over_seeds, publish, quality_line
+from benchmarks.model_runs import ENCODER_FEATURES_PREFIX as PREFIX
+from benchmarks.model_runs import blend, clinical_run, cnn_run
+from lib.core.paths import SHARED_DATA_DIR
 
 
 def parse_args(argv=None) -> argparse.Namespace:

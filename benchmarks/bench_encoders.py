@@ -1,6 +1,6 @@
 """Benchmark: self-supervised encoder recipes at the same pretraining budget (issue 21 items 2 and 3), repeated CV.
 
-Usage: python benchmarks/bench_encoders.py [--data-dir ../shared/data/lymphocytosis] [--minutes 25]
+Usage: python -m benchmarks.bench_encoders [--data-dir ../shared/data/lymphocytosis] [--minutes 25]
        [--recipes simclr dino simclr_stain] [--seeds 43 44 45] [--runs-dir runs/bench_encoders] [--no-append]
        [--epochs 40 --init runs/bench_encoders_50ep/enc_simclr_seed1]   # continue a finished encoder (warm restart)
        [--input-size 96]   # a larger network input than the preset's 64 px (the same 112-px crops)
@@ -17,25 +17,23 @@ measured between two encoders of near-identical settings. Plot: image-only AUC a
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import pretrain_cnn  # noqa: E402
-import train_clinical  # noqa: E402
-import train_cnn  # noqa: E402
-from benchmarks.bench_pooled import cv_oof  # noqa: E402
-from benchmarks.common import encoder_input_args, epochs_label, finished, publish, quality_line  # noqa: E402
-from lib.cnn.pooled import encoder_embeddings, pooled_rows  # noqa: E402
-from lib.core.config import parse_config  # noqa: E402
-from lib.core.metrics import fold_metrics  # noqa: E402
-from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.core.plots import pyplot, save_figure  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
-from lib.data.folds import load_folds  # noqa: E402
+import pretrain_cnn
+import train_clinical
+import train_cnn
+from benchmarks.common import encoder_input_args, epochs_label, finished, publish, quality_line
+from benchmarks.model_runs import cv_oof
+from lib.cnn.pooled import encoder_embeddings, pooled_rows
+from lib.core.config import parse_config
+from lib.core.metrics import fold_metrics
+from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, SHARED_DATA_DIR
+from lib.core.plots import pyplot, save_figure
+from lib.data.dataset import load_dataset
+from lib.data.folds import load_folds
 
 RECIPES = {
     "simclr": [str(CONFIGS_DIR / "pretrain_cpu.yaml")],

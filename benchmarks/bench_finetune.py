@@ -1,6 +1,6 @@
 """Benchmark: CNN-MIL fine-tuned end to end on the CPU (configs/cnn_cpu_finetune.yaml), repeated CV.
 
-Usage: python benchmarks/bench_finetune.py --encoder runs/ssl --reference runs/bench_ssl [--seeds 43 44 45]
+Usage: python -m benchmarks.bench_finetune --encoder runs/ssl --reference runs/bench_ssl [--seeds 43 44 45]
        [--variants ...] [--runs-dir DIR] [--trials 100] [--no-append]
 Every variant runs on every fold seed: the preset (the self-supervised ResNet-10-T of --encoder fine-tuned at
 64 px, feature norm and instance_bn head, heavy on-line augmentation, bf16 autocast where native), the same with light
@@ -13,7 +13,6 @@ Speed: training img/s of the fine-tune epochs, wall time per 5-fold run, peak me
 import argparse
 import json
 import resource
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,12 @@ import pandas as pd
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import ensemble  # noqa: E402
-import train_cnn  # noqa: E402
-from benchmarks.common import bagged_line, bench_runs_dir, publish, quality_line  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
-from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.stages.bagging import bag_runs  # noqa: E402
+import ensemble
+import train_cnn
+from benchmarks.common import bagged_line, bench_runs_dir, publish, quality_line
+from lib.core.metrics import mean_std
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR
+from lib.stages.bagging import bag_runs
 
 PRESET = "ssl_heavy_image"
 VARIANTS = {PRESET: [], "ssl_light_image": ["--aug", "light"], "ssl_heavy_fusion": ["--clinical-fusion"],

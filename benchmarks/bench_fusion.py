@@ -1,6 +1,6 @@
 """Benchmark: how the CNN-MIL model takes the clinical values (none, concatenated, gated), alone and in the blend.
 
-Usage: python benchmarks/bench_fusion.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+Usage: python -m benchmarks.bench_fusion [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
        [--heads mean attention] [--trials 100] [--runs-dir DIR] [--no-append]
 On every fold seed: the clinical model and clinical + morphometry (train_clinical.py), then train_cnn.py's CPU
 preset (configs/cnn_cpu.yaml: frozen ImageNet Lite0, embed regime) for each head with ``--clinical-fusion``
@@ -11,16 +11,15 @@ threshold tuned on k-1 folds, scored on the k-th). The default fold seeds exclud
 Quality: CV BA at 0.5 and AUC, mean±std over the seeds of the per-seed fold mean; blends: nested BA and AUC.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_cnn  # noqa: E402
-from benchmarks.bench_ssl import blend, clinical_run  # noqa: E402
-from benchmarks.common import blend_line, cnn_run_speed, over_seeds, publish, quality_line  # noqa: E402
-from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
+import train_cnn
+from benchmarks.common import blend_line, over_seeds, publish, quality_line
+from benchmarks.model_runs import blend, clinical_run
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR
+from lib.pipeline.speed import cnn_run_speed
 
 FUSIONS = {"none": "--no-clinical-fusion", "concat": "--clinical-fusion=concat", "gate": "--clinical-fusion=gate"}
 CLINICAL_SETS = ("clinical", "clinical+morpho")

@@ -1,7 +1,7 @@
 """Benchmark: every MIL head of train_cnn.py's CPU preset, light vs heavy views, ImageNet vs random init,
 beside the clinical model on the same folds; repeated over fold seeds.
 
-Usage: python benchmarks/bench_heads.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+Usage: python -m benchmarks.bench_heads [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
        [--variants mean attention ... light random-init finetune-probe] [--runs-dir DIR] [--no-append]
 Each variant is ``train_cnn.py -c configs/cnn_cpu.yaml`` plus its own options (VARIANTS below); the
 embedding cache under cache/emb/ is shared, so only the first run of a view set embeds (the random-init
@@ -15,29 +15,19 @@ Speed: embedding img/s against this machine's measured matmul peak; head trainin
 finetune probe trains the backbone end to end for 2 epochs on fold 0 and reports training img/s only.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_clinical  # noqa: E402
-import train_cnn  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    LITE0_GFLOP_112,
-    bench_runs_dir,
-    cnn_run_speed,
-    embed_rate_line,
-    head_training_line,
-    matmul_gflops,
-    publish,
-    quality_line,
-)
-from lib.cnn.settings import clinical_fusion_arg, clinical_inputs  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
-from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
+import train_clinical
+import train_cnn
+from benchmarks.common import bench_runs_dir, matmul_gflops, publish, quality_line
+from lib.cnn.settings import clinical_fusion_arg, clinical_inputs
+from lib.core.metrics import mean_std
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR
+from lib.data.dataset import load_dataset
+from lib.pipeline.speed import LITE0_GFLOP_112, cnn_run_speed, embed_rate_line, head_training_line
 
 BAG_SCORED = ["--eval-bags", "16"]  # max/top-k/CHOWDER: score on the 16-cell bags they were trained on
 VARIANTS = {

@@ -2,7 +2,7 @@
 a dated block to BENCHMARKS.md: the plan against the wall time, the honest estimates of the night's blend beside
 the default pipeline's on the same fold seeds (not the one that chose the settings), the verdict.
 
-Usage: python benchmarks/bench_overnight.py --budget 1h [--data-dir ../shared/data/lymphocytosis]
+Usage: python -m benchmarks.bench_overnight --budget 1h [--data-dir ../shared/data/lymphocytosis]
        [--runs-dir runs/bench_night] [--summary-only]   # re-publish a finished night's numbers
 """
 import argparse
@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, publish
 from lib.core.io import read_json
 from lib.core.paths import REPO_DIR, SHARED_DATA_DIR

@@ -1,7 +1,7 @@
 """Benchmark: the whole pipeline (clinical, morphometry, CNN-MIL CPU preset, ensemble, report, submission)
 on a data directory, repeated over fold seeds; appends a dated block to BENCHMARKS.md.
 
-Usage: python benchmarks/bench_pipeline.py [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44]
+Usage: python -m benchmarks.bench_pipeline [--data-dir ../shared/data/lymphocytosis] [--seeds 42 43 44]
 Quality: per model and for the blend, CV BA (threshold 0.5; the blend at its tuned threshold, in-sample and
 nested = honest) and AUC as mean±std over the repetitions; the clinical model is the baseline of the same folds.
 """
@@ -9,20 +9,20 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import pipeline  # noqa: E402
-from benchmarks.common import cnn_run_speed, embed_rate_line, head_training_line, matmul_gflops, publish  # noqa: E402
-from lib.core.metrics import mean_std  # noqa: E402
-from lib.core.paths import SHARED_DATA_DIR  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
-from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS  # noqa: E402
+import pipeline
+from benchmarks.common import matmul_gflops, publish
+from lib.core.metrics import mean_std
+from lib.core.paths import SHARED_DATA_DIR
+from lib.data.dataset import load_dataset
+from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS
+from lib.pipeline.commands import MODELS
+from lib.pipeline.speed import cnn_run_speed, embed_rate_line, head_training_line
 
 CNN_MODELS = ("cnn", "cnn_attention")
 
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def model_scores(run_root: Path) -> dict[str, tuple[float, float]]:
     """(BA, AUC) of every model run of one pipeline run, and of the blend (in-sample and nested BA)."""
     scores = {}
-    for name in pipeline.MODELS:
+    for name in MODELS:
         m = json.loads((run_root / name / "metrics.json").read_text())
         scores[name] = (m["ba_mean"], m["auc_mean"])
     blend = json.loads((run_root / "ensemble" / "metrics.json").read_text())

@@ -1,7 +1,7 @@
 """Benchmark: patient features pooled from a frozen cell encoder (issue 21, item 4), repeated CV beside the
 clinical model of the same run.
 
-Usage: python benchmarks/bench_pooled.py [--data-dir ../shared/data/lymphocytosis] [--ssl runs/ssl8]
+Usage: python -m benchmarks.bench_pooled [--data-dir ../shared/data/lymphocytosis] [--ssl runs/ssl8]
        [--select-seed 42] [--seeds 43 44 45] [--no-append]
 For each encoder (the frozen SSL encoder of a pretrain_cnn.py run given by --ssl, and frozen ImageNet Lite0),
 every cell is embedded once (view v0, the embedding cache) and pooled per patient: the mean, the mean +
@@ -14,25 +14,17 @@ the block reports every setting on the other seeds (BA at 0.5, AUC, mean±std ov
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, publish  # noqa: E402
-from lib.cnn.pooled import cluster_proportions, encoder_embeddings, pooled_rows  # noqa: E402
-from lib.core.metrics import fold_metrics, mean_std  # noqa: E402
-from lib.core.paths import CACHE_DIR, FOLDS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.data.dataset import load_dataset  # noqa: E402
-from lib.data.folds import load_folds  # noqa: E402
-from lib.features.tables import clinical_table  # noqa: E402
-from lib.models import clinical as estimator  # noqa: E402
-from lib.models.projection import BlockProjection  # noqa: E402
-
-CLUSTERS = 8
-IMAGE_PREFIX = "img_"
+from benchmarks.common import machine, publish
+from benchmarks.model_runs import CLUSTERS, cv_oof
+from lib.cnn.pooled import encoder_embeddings, pooled_rows
+from lib.core.metrics import fold_metrics, mean_std
+from lib.core.paths import CACHE_DIR, FOLDS_DIR, SHARED_DATA_DIR
+from lib.data.dataset import load_dataset
+from lib.data.folds import load_folds
+from lib.features.tables import clinical_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,27 +48,6 @@ def encoders(args) -> dict[str, dict]:
     if not args.no_lite0:
         out["lite0"] = {"backbone": "tf_efficientnet_lite0", "weights": "lite0", "crop": 112, "input_size": "crop"}
     return out
-
-
-def cv_oof(table: pd.DataFrame | None, cells, folds: pd.DataFrame, labels: pd.Series, clinical: pd.DataFrame | None,
-           pca_dim: int, seed: int) -> pd.DataFrame:
-    """5-fold OOF probabilities of one setting (``table`` None: cluster proportions fitted per fold): the clinical
-    stage's model (lib.models.projection's block projection fitted on the training fold, then the class-balanced
-    logistic regression with C by inner CV); ``pca_dim`` 0 keeps the image block whole."""
-    rows = []
-    for k in sorted(folds["fold"].unique()):
-        train = folds.loc[folds["fold"] != k, "ID"].tolist()
-        valid = folds.loc[folds["fold"] == k, "ID"].tolist()
-        image = table if table is not None else cluster_proportions(cells, train, CLUSTERS, seed)
-        image = image.add_prefix(IMAGE_PREFIX)
-        x = image if clinical is None else image.join(clinical)
-        if pca_dim:
-            x = BlockProjection.fit(x.loc[train], list(image.columns), pca_dim, seed, IMAGE_PREFIX).transform(x)
-        y = labels.loc[train].astype(int)
-        model = estimator.make_model(estimator.inner_splits(y, 5), seed).fit(x.loc[train], y)
-        rows.append(pd.DataFrame({"ID": valid, "fold": k, "target": labels.loc[valid].astype(int).to_numpy(),
-                                  "proba": model.predict_proba(x.loc[valid])[:, 1]}))
-    return pd.concat(rows, ignore_index=True)
 
 
 def settings(encoder_cells: dict) -> list[tuple[str, object, object, int]]:

@@ -1,6 +1,6 @@
 """Benchmark: the self-supervised cell encoder (pretrain_cnn.py) against frozen ImageNet Lite0, repeated CV.
 
-Usage: python benchmarks/bench_ssl.py [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
+Usage: python -m benchmarks.bench_ssl [--data-dir ../shared/data/lymphocytosis] [--seeds 43 44 45]
        [--encoder runs/ssl] [--runs-dir DIR] [--heads mean instance_bn attention] [--trials 100] [--no-append]
 Without --encoder it first pretrains with configs/pretrain_cpu.yaml (timed). Then, on every fold seed (not
 42, the seed the CNN preset was chosen on): the clinical model; train_cnn.py's embed regime on frozen
@@ -13,31 +13,24 @@ Speed: pretraining wall time and training img/s, with the FLOP rate against the 
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import ensemble  # noqa: E402
-import pretrain_cnn  # noqa: E402
-import train_clinical  # noqa: E402
-import train_cnn  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+import pretrain_cnn
+from benchmarks.common import (
     bagged_line,
     bench_runs_dir,
     blend_line,
-    encoder_input_args,
     matmul_gflops,
     publish,
     quality_line,
 )
-from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.models.backbones import create_backbone  # noqa: E402
-from lib.stages.bagging import bag_runs  # noqa: E402
-
-ENCODERS = {"imagenet": CONFIGS_DIR / "cnn_cpu.yaml", "ssl": CONFIGS_DIR / "cnn_cpu_ssl.yaml"}
+from benchmarks.model_runs import ENCODERS, blend, clinical_run, cnn_run
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR
+from lib.models.backbones import create_backbone
+from lib.stages.bagging import bag_runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,41 +52,6 @@ def encoder_run(args, runs_dir: Path) -> Path:
     pretrain_cnn.main(["-c", str(CONFIGS_DIR / "pretrain_cpu.yaml"), "--data-dir", str(args.data_dir),
                        "--runs-dir", str(runs_dir), "--experiment", "ssl", "--no-progress"])
     return runs_dir / "ssl"
-
-
-def cnn_run_name(encoder: str, head: str, fusion: bool, seed: int) -> str:
-    return f"ssl_bench_{encoder}_{head}_{'fusion' if fusion else 'image'}_s{seed}"
-
-
-def clinical_run_name(prefix: str, feature_set: str, seed: int) -> str:
-    return f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
-
-
-def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, seed: int) -> dict:
-    """One 5-fold CV of a frozen encoder + head; its metrics."""
-    name = cnn_run_name(encoder, head, fusion, seed)
-    extra = ["--weights", str(weights), *encoder_input_args(weights)] if encoder == "ssl" else []
-    metrics = train_cnn.main(["-c", str(ENCODERS[encoder]), "--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
-                              "--fold-seed", str(seed), "--experiment", name, "--head", head, "--no-progress",
-                              "--clinical-fusion" if fusion else "--no-clinical-fusion", *extra])
-    return {**metrics, "run": runs_dir / name}
-
-
-def clinical_run(args, runs_dir: Path, seed: int, feature_set: str, prefix: str = "ssl_bench", extra=()) -> dict:
-    """One 5-fold CV of train_clinical.py on a feature set (``extra``: more options), named
-    ``<prefix>_<feature set>_s<seed>``; its metrics."""
-    name = clinical_run_name(prefix, feature_set, seed)
-    metrics = train_clinical.main(["--data-dir", str(args.data_dir), "--fold-seed", str(seed), "--runs-dir",
-                                   str(runs_dir), "--experiment", name, "--feature-set", feature_set, *extra])
-    return {**metrics, "run": runs_dir / name}
-
-
-def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> dict:
-    """Honest (nested) BA of the blend of some runs tuned by the fusion study (as published; the equal-weight mean
-    of the same runs is in metrics.json too)."""
-    result = ensemble.main(["--runs", *map(str, runs), "--runs-dir", str(runs_dir), "--experiment", name,
-                            "--fusion", "study", "--trials", str(args.trials), "--nested-trials", str(args.trials)])
-    return result["metrics"]["nested"]
 
 
 def train_gflop_per_image(record: dict) -> float:

@@ -1,6 +1,6 @@
 """Benchmark: how fast each script answers ``--help`` and a bad option (a fresh interpreter each time).
 
-Usage: python benchmarks/bench_startup.py [--repeats 5] [--repo DIR] [--label after] [--no-append]
+Usage: python -m benchmarks.bench_startup [--repeats 5] [--repo DIR] [--label after] [--no-append]
 Each script of the repository (``--repo``, default this checkout: point it at an old checkout for a
 "before" column) runs ``--help`` and ``--no-such-option`` ``--repeats`` times in a new interpreter; the
 median wall time of each is reported with the heavy modules (torch, timm, albumentations, optuna, cv2,
@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import cpu_model, publish  # noqa: E402
+from benchmarks.common import cpu_model, publish
 
 SCRIPTS = ("prepare_data.py", "train_clinical.py", "train_cnn.py", "pretrain_cnn.py", "ensemble.py",
            "report.py", "make_submission.py", "predict.py", "pipeline.py")

@@ -1,6 +1,6 @@
 """Benchmark: a short real-data Optuna study of train_cnn.py's embed regime (cached embeddings), best and spread.
 
-Usage: python benchmarks/bench_study.py [--data-dir ../shared/data/lymphocytosis] [--trials 20]
+Usage: python -m benchmarks.bench_study [--data-dir ../shared/data/lymphocytosis] [--trials 20]
        [--config configs/cnn_cpu.yaml] [--runs-dir DIR] [--no-append]
 Runs ``train_cnn.py -c <config> --study bench_cnn_study --trials N`` in a fresh directory (a temp dir unless
 --runs-dir), reusing the embedding cache under cache/emb/ (embed_views and aug_strength stay within the views
@@ -11,7 +11,6 @@ OMP_NUM_THREADS=1: the MIL head is tiny and two spinning OpenMP threads on two b
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +18,10 @@ import numpy as np
 import optuna
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_cnn  # noqa: E402
-from benchmarks.common import bench_runs_dir, publish  # noqa: E402
-from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR  # noqa: E402
-from lib.core.study import default_storage  # noqa: E402
+import train_cnn
+from benchmarks.common import bench_runs_dir, publish
+from lib.core.paths import CONFIGS_DIR, SHARED_DATA_DIR
+from lib.core.study import default_storage
 
 STUDY = "bench_cnn_study"
 

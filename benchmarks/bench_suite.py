@@ -1,6 +1,6 @@
 """Benchmark: the default test suite's wall time (issue 20: <= 2 min on a 2-core machine, 150 s at worst).
 
-Usage: python benchmarks/bench_suite.py [--repeats 2] [--no-append] [-- extra pytest arguments]
+Usage: python -m benchmarks.bench_suite [--repeats 2] [--no-append] [-- extra pytest arguments]
 Runs ``./run_tests.sh`` ``--repeats`` times on this checkout (run it on an idle machine: another heavy job on
 the 2 cores stretches every test) and reports each run's wall time, pytest's own count and time, the load
 average before each run, and the slowest tests of the last run (pytest's --durations, set in pyproject.toml).
@@ -9,13 +9,10 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine, publish  # noqa: E402
-from lib.core.paths import REPO_DIR  # noqa: E402
+from benchmarks.common import machine, publish
+from lib.core.paths import REPO_DIR
 
 TARGET_S, BOUND_S = 120, 150
 SUMMARY = re.compile(r"^=*\s*(\d+ passed.*?) in ([0-9.]+)s", re.M)  # '-q': no '=' around the closing line

@@ -1,5 +1,9 @@
 """Benchmark support (beside the benchmarks, not in lib/): dated blocks appended to BENCHMARKS.md atomically
-(machine with its CPU model, commit, command, numbers), this machine's measured matmul peak, run-speed lines."""
+(machine with its CPU model, commit, command, numbers), this machine's measured matmul peak, result lines.
+
+The benchmarks run as ``python -m benchmarks.<name>`` from the repository root (which puts it on ``sys.path``);
+they share this module and benchmarks/model_runs.py, never each other. A CNN run's speed figures are
+lib/pipeline/speed.py's."""
 import fcntl
 import json
 import os
@@ -12,8 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import yaml
 
 from lib.core.io import atomic_write_text
 from lib.core.machine import cpu_model
@@ -84,12 +86,13 @@ def append_benchmark(title: str, command: str, lines: list[str], path: str | Pat
 def publish(title: str, lines: list[str], script: str, argv: list[str] | None, append: bool = True) -> None:
     """Print a benchmark's result lines and (unless ``append`` is false) append them as a dated block.
 
-    The block's command is ``python benchmarks/<script> <argv>`` (``argv`` None: this process's arguments).
+    The block's command is ``python -m benchmarks.<script's name> <argv>`` (``argv`` None: this process's
+    arguments).
     """
     print("\n".join(lines))
     if append:
         args = sys.argv[1:] if argv is None else argv
-        command = " ".join(["python", f"benchmarks/{Path(script).name}", *args])
+        command = " ".join(["python", "-m", f"benchmarks.{Path(script).stem}", *args])
         print(f"appended to {append_benchmark(title, command, lines)}")
 
 
@@ -155,45 +158,6 @@ def blend_line(name: str, nested: list[dict]) -> str:
     return (f"- blend {name}: nested BA {mean_std(ba)} at threshold {nested[0]['threshold_policy']}, AUC "
             f"{mean_std([n['auc'] for n in nested])} (per seed BA {', '.join(f'{v:.3f}' for v in ba)}; at the "
             f"searched threshold {mean_std(searched)})")
-
-
-# ----------------------------------------------------------------------------- CNN throughput figures
-LITE0_GFLOP_112 = 0.1  # EfficientNet-Lite0 forward at 112x112 (0.39 GFLOP at 224); training ~3x forward
-
-
-def cnn_run_speed(run_dir: str | Path) -> dict:
-    """Throughput of one train_cnn.py run from its timings.json and log.csv.
-
-    The timings (embed_img_per_s is None when the embeddings came from the cache) plus epochs_run and
-    epoch_seconds (summed training-epoch times, scoring excluded) and the run's bag_size.
-    """
-    run_dir = Path(run_dir)
-    timings = json.loads((run_dir / "timings.json").read_text())
-    log = pd.read_csv(run_dir / "log.csv")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return {**timings, "epochs_run": len(log), "epoch_seconds": float(log["seconds"].sum()),
-            "bag_size": config["bag_size"]}
-
-
-def embed_rate_line(label: str, timings: dict, peak_gflops: float) -> str:
-    """'embedding (label): N cell views in S s = R img/s, ~G GFLOP/s of the peak', or the cache note.
-
-    ``peak_gflops``: this machine's fp32 matmul throughput, measured by the same run (``matmul_gflops``).
-    """
-    if not timings.get("embedded_images"):
-        return f"- embedding ({label}): reused from the cache"
-    rate = timings["embed_img_per_s"]
-    return (f"- embedding ({label}, cold): {timings['embedded_images']} cell views in {timings['embed_seconds']:.0f} s"
-            f" = {rate:.0f} img/s, ~{rate * LITE0_GFLOP_112:.0f} GFLOP/s of the {peak_gflops:.0f} GFLOP/s "
-            f"fp32 matmul peak measured in this run")
-
-
-def head_training_line(label: str, runs: list[dict], bags_per_epoch: float) -> str:
-    """Head training speed on cached embeddings (bags/s, cell embeddings/s), mean over runs."""
-    bags = np.array([r["epochs_run"] * bags_per_epoch / r["epoch_seconds"] for r in runs])
-    cells = np.array([b * r["bag_size"] for b, r in zip(bags, runs)])
-    return (f"- head training on cached embeddings ({label}): {bags.mean():.0f} bags/s (~{cells.mean():.0f} cell "
-            f"embeddings/s; a tiny head bound by Python overhead, not FLOPs), torch threads {runs[0]['torch_threads']}")
 
 
 def bagged_line(name: str, bagged: dict, runs: list[dict]) -> str:

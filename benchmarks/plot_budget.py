@@ -1,7 +1,7 @@
 """The encoder budget curve (issue 21 item 1): image-only quality of frozen self-supervised encoders against their
 pretraining epochs, from finished ``bench_encoders.py`` runs directories.
 
-Usage: python benchmarks/plot_budget.py runs/bench_encoders_25ep [runs/bench_encoders ...] [--out FIG.png]
+Usage: python -m benchmarks.plot_budget runs/bench_encoders_25ep [runs/bench_encoders ...] [--out FIG.png]
        [--point "LABEL:EPOCHS:AUC_MEAN:AUC_STD"] ...
 Each encoder run ``enc_<recipe>[_seed<k>]`` of a directory gives one point per scoring: its epochs (from
 encoder.json; a run continued from another encoder counts the parent's epochs too, ``epochs_total``) and the
@@ -13,14 +13,12 @@ model of the same folds (``enc_clinical_s<seed>``) is the dashed line. Nothing i
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import epochs_label  # noqa: E402
-from lib.core.plots import pyplot, save_figure  # noqa: E402
+from benchmarks.common import epochs_label
+from lib.core.plots import pyplot, save_figure
 
 PRESET_INPUT = 64  # the pretraining presets' input side: other sizes are named in the labels
 ENCODER_DIR = re.compile(r"^enc_(?P<recipe>[a-z_]+?)(?:_seed(?P<seed>\d+))?$")

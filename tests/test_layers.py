@@ -1,11 +1,15 @@
-"""The package layering of lib/: nothing imports from a higher layer, packages of one layer stay apart, no cycles."""
+"""The package layering of lib/: nothing imports from a higher layer, packages of one layer stay apart, no cycles.
+Above lib/: no script imports another script or a benchmark, no benchmark imports another bench_*.py (what several
+need is in the benchmarks' shared modules) nor edits sys.path, and the tests import no benchmark code."""
 import ast
 from pathlib import Path
 
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent / "lib"
-LAYERS = {"core": 0, "data": 1, "features": 2, "models": 2, "fusion": 2, "cnn": 3, "stages": 4, "hpo": 5, "night": 6}
+REPO = LIB.parent
+LAYERS = {"core": 0, "data": 1, "features": 2, "models": 2, "fusion": 2, "cnn": 3, "stages": 4, "hpo": 5,
+          "pipeline": 5, "night": 6}
 
 
 def package(module: str) -> str:
@@ -63,3 +67,61 @@ def test_no_import_cycles():
     for module in graph:
         if module not in state:
             visit(module, [module])
+
+
+# ----------------------------------------------------------------------------- scripts, benchmarks, tests
+SCRIPTS = sorted(REPO.glob("*.py"))
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+TESTS = sorted((REPO / "tests").glob("*.py"))
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module a file imports, by absolute name (``from x import y`` counts as x and x.y; a relative import
+    is resolved against ``package``), at any depth, lazy imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = ".".join(filter(None, [package if node.level else "", node.module or ""]))
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def is_benchmark(module: str) -> bool:
+    """benchmarks/bench_*.py, whichever way it is named."""
+    parts = module.split(".")
+    return parts[0] == "benchmarks" and len(parts) > 1 and parts[1].startswith("bench_")
+
+
+@pytest.mark.parametrize("script", [p.name for p in SCRIPTS])
+def test_scripts_import_no_other_script_and_no_benchmark(script):
+    """A script parses its options and calls lib/; what two scripts share lives in lib/."""
+    names = {p.stem for p in SCRIPTS} - {Path(script).stem}
+    found = imported_modules(REPO / script, "")
+    assert not {m.split(".")[0] for m in found} & names, f"{script} imports another script"
+    assert not any(m.split(".")[0] == "benchmarks" for m in found), f"{script} imports benchmark code"
+
+
+@pytest.mark.parametrize("bench", [p.name for p in BENCHMARKS])
+def test_benchmarks_import_no_other_benchmark(bench):
+    """Benchmarks share modules beside them (benchmarks/common.py, ...), not each other."""
+    found = imported_modules(REPO / "benchmarks" / bench, "benchmarks")
+    others = sorted(m for m in found if is_benchmark(m) or m.startswith("bench_"))
+    assert not others, f"benchmarks/{bench} imports {others}"
+
+
+@pytest.mark.parametrize("bench", [p.name for p in BENCHMARKS])
+def test_benchmarks_leave_sys_path_alone(bench):
+    """They run as ``python -m benchmarks.<name>`` from the repository root: the one place the path is set."""
+    for node in ast.walk(ast.parse((REPO / "benchmarks" / bench).read_text())):
+        if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+            raise AssertionError(f"benchmarks/{bench} uses sys.path")
+
+
+@pytest.mark.parametrize("test", [p.name for p in TESTS])
+def test_tests_import_no_benchmark_code(test):
+    """What a test needs from a benchmark is library logic: it lives in lib/."""
+    found = imported_modules(REPO / "tests" / test, "")
+    assert not any(m.split(".")[0] == "benchmarks" for m in found), f"tests/{test} imports benchmark code"

@@ -76,14 +76,15 @@ def test_a_killed_night_resumes_without_redoing_a_finished_stage(demo_pipeline, 
 
 def test_a_night_on_two_seeds_bags_every_model_before_the_final_blend(demo_pipeline, tmp_path):
     """The stage list of a night with two bag seeds: each seed's models and blends, then the bag of all models, then
-    the final blend, report and submission on the bagged runs (pipeline.bag_models is tested in test_pipeline)."""
+    the final blend, report and submission on the bagged runs (lib.pipeline.run.bag_models is tested in test_pipeline)."""
     from lib.data.dataset import load_dataset
+    from lib.night.commands import DEFAULT_MODELS, fixed_stages
     args = overnight.parse_args(night_argv(demo_pipeline, tmp_path, "--bag-seeds", "43", "44"))
     dataset = load_dataset(args.data_dir)
     night = tmp_path / "runs" / f"{dataset.name}_night"
-    stages = overnight.fixed_stages(args, dataset.root, night, dataset.name, {"on": False, "epochs": 0})
+    stages = fixed_stages(args, dataset.root, night, dataset.name, {"on": False, "epochs": 0})
     names = [s["name"] for s in stages]
-    models = [*overnight.DEFAULT_MODELS, "cnn_image", "clinical_tuned", "cnn_tuned"]
+    models = [*DEFAULT_MODELS, "cnn_image", "clinical_tuned", "cnn_tuned"]
     for seed in (43, 44):
         assert [n.split("/")[1] for n in names if n.startswith(f"s{seed}/")] == [
             "prepare", *models, "ensemble_default", "ensemble_night"], names

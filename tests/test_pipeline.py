@@ -54,10 +54,12 @@ def test_fold_seed_bagging_runs_the_models_on_each_seed_then_blends_the_averages
     blend, report and submission of the bagged runs (the stages recorded, not trained)."""
     from conftest import REPO
 
+    import lib.pipeline.run
     import pipeline
+    from lib.pipeline.commands import MODELS
     data, _, _, _ = demo_pipeline
     ran, bagged = [], []
-    monkeypatch.setattr(pipeline, "bag_models", lambda name, seeds, args, seconds: bagged.append(seeds) or "NAME_bag")
+    monkeypatch.setattr(lib.pipeline.run, "bag_models", lambda name, seeds, args, seconds: bagged.append(seeds) or "NAME_bag")
     seconds = pipeline.main(["--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--fold-seeds", "42", "43",
                              "--pretrain-config", str(REPO / "configs" / "pretrain_cpu.yaml"), "--folds-dir", str(tmp_path / "f"),
                              "--cache-dir", str(tmp_path / "c")], runner=lambda command: ran.append(command) or 0)
@@ -66,22 +68,23 @@ def test_fold_seed_bagging_runs_the_models_on_each_seed_then_blends_the_averages
                              "submission"]
     assert bagged == [[42, 43]] and ran[6][ran[6].index("--fold-seed") + 1] == "43"
     ensemble = ran[-3]
-    assert [Path(r).parts[-2:] for r in ensemble[2:6]] == [("NAME_bag", m) for m in pipeline.MODELS]
+    assert [Path(r).parts[-2:] for r in ensemble[2:6]] == [("NAME_bag", m) for m in MODELS]
 
 
 def test_bag_models_averages_each_model_over_the_seeds(tmp_path):
-    import argparse
-
     from test_bagging import write_run
 
-    import pipeline
+    from lib.pipeline.commands import MODELS, PipelineSettings
+    from lib.pipeline.run import bag_models
     for seed, oof in ((42, [0.9, 0.2, 0.6, 0.4]), (43, [0.7, 0.4, 0.8, 0.0])):
-        for model in pipeline.MODELS:
+        for model in MODELS:
             write_run(tmp_path / f"toy_s{seed}" / model, seed, [0, 0, 1, 1], oof, {"fold_0": [0.5, 0.5]})
     seconds = {}
-    tag = pipeline.bag_models("toy", [42, 43], argparse.Namespace(runs_dir=tmp_path, with_finetune=None), seconds)
+    settings = PipelineSettings(runs_dir=tmp_path, folds_dir=tmp_path / "folds", cache_dir=tmp_path / "cache",
+                                out=tmp_path / "submission.csv")
+    tag = bag_models("toy", [42, 43], settings, seconds)
     assert tag == "toy_bag42-43" and "bag" in seconds
-    for model in pipeline.MODELS:
+    for model in MODELS:
         oof = pd.read_csv(tmp_path / tag / model / "oof.csv")
         assert oof["proba"].round(6).tolist() == [0.8, 0.3, 0.7, 0.2], model
 
@@ -143,8 +146,8 @@ def test_paths_are_resolved_against_the_callers_directory(tmp_path, monkeypatch)
 STOPPED = """
 import sys
 sys.path.insert(0, {repo!r})
-import pipeline
-pipeline.run_stage("sleeper", ["-c", "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(60)"], {{}})
+from lib.pipeline.run import run_stage
+run_stage("sleeper", ["-c", "import os, time; open({pid!r}, 'w').write(str(os.getpid())); time.sleep(60)"], {{}})
 """
 
 

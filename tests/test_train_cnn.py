@@ -217,7 +217,7 @@ def test_top_k_head_with_eval_bags_runs_end_to_end(data_dir, tmp_path):
 
 def test_benchmark_speed_figures_are_read_from_a_run(data_dir, tmp_path):
     """benchmarks/common.py reads embedding img/s (cold run) and head-training speed from a run's timings and log."""
-    from benchmarks.common import cnn_run_speed, embed_rate_line, head_training_line
+    from lib.pipeline.speed import cnn_run_speed, embed_rate_line, head_training_line
     run(data_dir, tmp_path, "cold", "--head", "mean")
     run(data_dir, tmp_path, "warm", "--head", "mean")
     cold, warm = cnn_run_speed(tmp_path / "runs" / "cold"), cnn_run_speed(tmp_path / "runs" / "warm")

@@ -1,4 +1,5 @@
-"""The one entry wrapper of every script: bad input becomes one line on stderr and exit code 2."""
+"""The one entry wrapper of every script: bad input becomes one line on stderr and exit code 2, Ctrl-C one line
+and exit code 130 (128 + SIGINT, as a shell reports it)."""
 import importlib
 import sys
 from collections.abc import Callable
@@ -7,15 +8,24 @@ from typing import Any
 
 from lib.core.errors import DataError
 
+INTERRUPTED = 130  # the exit code of a script stopped by Ctrl-C (SIGINT)
+INTERRUPTED_MESSAGE = "interrupted: nothing half-written is kept; re-run the same command to resume"
+
 
 def run_main(main: Callable[..., Any], argv: list[str] | None = None) -> None:
     """Call ``main(argv)`` (``main()`` when ``argv`` is None: the command line), turning bad-input errors into a
-    one-line message and exit code 2."""
+    one-line message and exit code 2, and Ctrl-C (KeyboardInterrupt) into one line and exit code 130.
+
+    Every file the toolkit writes is written atomically (lib.core.io), so a stop at any moment leaves each
+    output either as it was or complete; the runs resume from their last finished unit."""
     try:
         main() if argv is None else main(argv)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED_MESSAGE}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def run_in_process(command: list[str]) -> int:

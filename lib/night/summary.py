@@ -3,7 +3,6 @@ studies chose, the honest estimates of the night's blend beside the default pipe
 and whether the night won (light: pandas and numpy only)."""
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from lib.core.io import atomic_write_text, read_json
 from lib.core.metrics import mean_std
 from lib.night import markers
 from lib.night.plan import fmt_duration
+from lib.night.settings import NightSettings
 
 BLENDS = (("ensemble_default", "default pipeline (4 models)"), ("ensemble_night", "night (all models)"))
 
@@ -83,17 +83,17 @@ def study_lines(night_dir: Path, names: dict[str, str], notes: dict) -> list[str
     return lines
 
 
-def write_summary(night_dir: Path, night: dict, stages: list[dict], args: argparse.Namespace, studies: dict[str, str],
+def write_summary(night_dir: Path, night: dict, stages: list[dict], settings: NightSettings, studies: dict[str, str],
                   models: list[str], final_dir: Path) -> Path:
     """summary.md beside the submission (and a copy in the night directory); returns its path."""
-    dataset, seeds, probe = night["dataset"], list(args.bag_seeds), night["probe"]
+    dataset, seeds, probe = night["dataset"], list(settings.bag_seeds), night["probe"]
     studies_marker = markers.finished(night_dir, "studies") or {}
     lines = [f"# Overnight: {dataset}", "",
              f"Budget {fmt_duration(night['deadline'] - night['started'])}, started {time.ctime(night['started'])}, "
              f"finished {time.ctime()} ({fmt_duration(time.time() - night['started'])} in all, resumes included). "
              f"Machine: {probe['cpu']}, {probe['cores']} cores, native bf16 {probe['native_bf16']}.", "",
              f"Encoder: {night['encoder']['reason']}.", "",
-             f"## Settings chosen (fold seed {args.select_seed})", "",
+             f"## Settings chosen (fold seed {settings.select_seed})", "",
              *study_lines(night_dir, studies, studies_marker.get("notes", {})), "",
              f"## Honest estimates (fold seeds {', '.join(map(str, seeds))}: none chose a setting)", "",
              "Models: OOF BA at 0.5 (mean over folds) and AUC; blends: nested BA (fusion and threshold tuned on the "
@@ -111,8 +111,8 @@ def write_summary(night_dir: Path, night: dict, stages: list[dict], args: argpar
     if final:
         lines += [f"Submitted: the blend of all models bagged over fold seeds {seeds} ({final_dir}): nested BA "
                   f"{final['nested']['ba_mean']:.3f}±{final['nested']['ba_std']:.3f}, AUC {final['nested']['auc']:.3f} "
-                  f"(its folds are the first seed's; bagged OOF predictions), written to {args.out}.", ""]
+                  f"(its folds are the first seed's; bagged OOF predictions), written to {settings.out}.", ""]
     lines += ["## Stages", "", *stage_table(night_dir, stages), ""]
     text = "\n".join(lines)
     atomic_write_text(text, night_dir / "summary.md")
-    return atomic_write_text(text, args.out.with_name("summary.md"))
+    return atomic_write_text(text, settings.out.with_name("summary.md"))
