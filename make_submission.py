@@ -8,12 +8,11 @@ Writes ``--out`` (default ./submission.csv: Id,Predicted) and ``<out stem>_proba
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, parse_config
 from lib.core.errors import DataError
-from lib.core.paths import REPO_DIR
+from lib.core.io import read_table
+from lib.core.paths import REPO_DIR, proba_path, refuse_outputs_over_inputs
 from lib.data.dataset import check_test_inputs, load_dataset
 from lib.fusion.fuse import FusionParams
 from lib.fusion.runs import RunSet, load_ensemble_runs, load_runs
@@ -61,11 +60,14 @@ def main(argv: list[str] | None = None) -> Path:
     if Path(args.out).is_dir():
         raise DataError(f"{args.out}: --out names a directory, not a submission file to write")
     runs, params, source = resolve_runs(args)
+    data_dir = args.data_dir or runs.configs[0].get("data_dir")
+    refuse_outputs_over_inputs({"--out": args.out, "the probabilities": proba_path(args.out)},
+                               [*([data_dir] if data_dir else []), *([args.ensemble] if args.ensemble else []), *runs.paths])
     from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission  # scikit-learn
     data_dir, test_ids = test_ids_of(args, runs)
     check_runs_cover_test(runs, test_ids, data_dir)
     out, out_proba = write_submission(fused_test(runs, params), params.threshold, test_ids, args.out)
-    labels = pd.read_csv(out, dtype={"Id": str})
+    labels = read_table(out)
     print(f"{source}: {params.method}, threshold {params.threshold:.3f}, "
           f"weights {', '.join(f'{n}={w:.2f}' for n, w in params.weights.items())}")
     print(f"wrote {out} ({len(labels)} patients, {int(labels['Predicted'].sum())} predicted tumoral) and {out_proba}")

@@ -12,6 +12,7 @@ the ensemble's weights, method and threshold. Writes --out (Id,Predicted), <out 
 the scores fall against the threshold; the cells behind the calls closest to it).
 """
 import argparse
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +20,12 @@ import pandas as pd
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, parse_config
 from lib.core.io import atomic_write_csv
-from lib.core.paths import CACHE_DIR
+from lib.core.paths import CACHE_DIR, proba_path, refuse_outputs_over_inputs
 from lib.data.dataset import load_dataset
+from lib.data.profile import check_scored_cells
 from lib.fusion.runs import load_ensemble_runs
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,11 +57,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     """Load the ensemble's runs and the new data, score, fuse, validate and write; return the table."""
     args = parse_config(build_parser(), argv)
     runs, params, _ = load_ensemble_runs(args.ensemble)
+    outputs = {"--out": args.out, "the probabilities": proba_path(args.out), "the per-model table": models_path(args.out)}
+    refuse_outputs_over_inputs({**outputs, **({"the report": report_dir(args.out)} if args.report else {})},
+                               [args.data_dir, args.ensemble, *runs.paths])
     dataset = load_dataset(args.data_dir, scoring_only=True)
+    pids = sorted(dataset.patients.index if args.all_patients else dataset.test.index)
+    for warning in check_scored_cells(runs.paths, dataset, pids):  # another size or grayscale: a one-line error
+        log.warning(warning)
     from lib.stages.predict import predict_patients  # torch, timm, scikit-learn: after the checks
     from lib.stages.report.scored import scored_report
     from lib.stages.submission import write_submission
-    pids = sorted(dataset.patients.index if args.all_patients else dataset.test.index)
     table, cells = predict_patients(runs, params, dataset, pids, args.cache_dir, args.progress)
     out, out_proba = write_submission(table["blend"], params.threshold, pids, args.out)
     atomic_write_csv(table.reset_index(), models_path(args.out))

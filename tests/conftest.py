@@ -36,7 +36,8 @@ def repository_untouched():
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"tests wrote into the repository: {', '.join(changed[:10])}"
 
-DEMO_PIPELINE_FILES = ("test_pipeline.py", "test_predict.py", "test_safe_loading.py", "test_overnight.py")  # the tests of demo_pipeline
+DEMO_PIPELINE_FILES = ("test_pipeline.py", "test_predict.py", "test_safe_loading.py", "test_overnight.py",
+                       "test_bad_runs.py")  # the tests of demo_pipeline
 
 
 def _uses_demo_pipeline(nodeid: str) -> bool:

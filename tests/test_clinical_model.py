@@ -101,7 +101,7 @@ def test_stale_fold_file_from_other_folds_is_refused_on_resume(cohort, tmp_path)
     path = fold_path(stage.run_dir, 2)
     path.parent.mkdir(parents=True)
     pd.DataFrame({"ID": ["P0", "P30"], "role": ["valid", "test"], "proba": [0.5, 0.5]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match="fold_2.csv \\(valid rows\\)"):
+    with pytest.raises(DataError, match=r"fold_2.csv: fold 2 held other patients .* the fold file changed since"):
         cross_validate(stage, lambda tr, va, te, k: (pd.Series(0.5, index=va), pd.Series(0.5, index=te)))
 
 

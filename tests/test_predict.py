@@ -72,7 +72,7 @@ def test_new_patients_under_new_ids_get_the_probabilities_of_the_originals(demo_
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(size=24), "larger than the 24x24 images"),  # images smaller than the runs' 32-px crop
+    (dict(size=24), "cells are 24x24 px where the training cells were"),  # smaller: refused by the cells profile
     (dict(drop_column="LYMPH_COUNT"), "missing column"),
 ])
 def test_mismatched_data_is_a_one_line_error(demo_pipeline, tmp_path, change, message):

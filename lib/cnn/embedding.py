@@ -12,7 +12,9 @@ content digest of each image: its identity, see lib.data.digests) written last. 
 the SHA-1 of the backbone's tensors (``lib.models.backbones.weights_tag``), ``precision`` the autocast
 dtype of the forward pass (fp32, bf16, fp16), ``code6`` a hash of the transform code and of the
 torch/timm/albumentations versions (``code_tag``). A cache whose index does not match the dataset's
-cells (a cell added, removed or replaced) is recomputed, with a warning naming it.
+cells (a cell added, removed or replaced) is recomputed, with a warning naming it; so is a damaged view (an
+index that cannot be read, an array that cannot be loaded whole, e.g. cut short, or of another shape): never
+half-trusted.
 """
 from __future__ import annotations
 
@@ -29,12 +31,20 @@ import torch
 
 from lib.cnn import augment
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
-from lib.core.io import atomic_write_bytes, atomic_write_csv, build_lock
+from lib.core.io import atomic_write_bytes, build_lock, os_problem
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
-from lib.data.digests import remember
-from lib.data.images import CELL_DTYPES, ImageCache, cell_keys, legacy_index, load_image_cache, patient_rows, same_cells
+from lib.data.digests import remember, write_cache_csv
+from lib.data.images import (
+    ImageCache,
+    cell_keys,
+    legacy_index,
+    load_image_cache,
+    patient_rows,
+    read_cell_index,
+    same_cells,
+)
 
 log = logging.getLogger(__name__)
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -141,18 +151,39 @@ def covered_cells(index: pd.DataFrame, view: str) -> pd.DataFrame:
 
 
 def _read_view(array_path: Path, index_path: Path, cells: pd.DataFrame, quiet: bool = False) -> np.ndarray | None:
-    """A cached view when its index matches these cells, else None (with a warning unless ``quiet``)."""
+    """A cached view when its index matches these cells and its array is whole, else None (with a warning naming
+    the file unless ``quiet``)."""
     if not index_path.exists() or not array_path.exists():
         return None
-    saved = pd.read_csv(index_path, dtype=CELL_DTYPES)
-    if not same_cells(saved, cells):
+    saved = read_cell_index(index_path)
+    if isinstance(saved, str) or not same_cells(saved, cells):
         if not quiet:
-            log.warning("%s: cached cells differ from the dataset (added, removed or replaced, or an older version's cache), "
-                        "recomputing", index_path)
+            log.warning("%s: %s, recomputing", index_path, f"unreadable embedding index ({saved})"
+                        if isinstance(saved, str) else "cached cells differ from the dataset (added, removed or "
+                        "replaced, or an older version's cache)")
+        return None
+    array = _load_array(array_path, len(cells))
+    if isinstance(array, str):
+        if not quiet:
+            log.warning("%s: %s, recomputing", array_path, array)
         return None
     if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
         remember(cell_keys(cells), index_path)
-    return np.load(array_path)
+    return array
+
+
+def _load_array(path: Path, n_cells: int) -> np.ndarray | str:
+    """A view's embeddings (n_cells x dim, float16), or why the file is not that (a short text)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        return f"unreadable embedding cache ({os_problem(exc)})"
+    except (ValueError, EOFError) as exc:  # cut short ("Failed to read all data"), not an .npy file
+        return f"damaged embedding cache ({(str(exc).split('. ') or ['unreadable'])[0][:120]})"
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.shape[0] != n_cells or array.dtype != np.float16:
+        shape = getattr(array, "shape", "?")
+        return f"damaged embedding cache ({getattr(array, 'dtype', '?')} {shape}, not {n_cells} float16 rows)"
+    return array
 
 
 def _write_view(array: np.ndarray, array_path: Path, index_path: Path, cells: pd.DataFrame) -> None:
@@ -160,7 +191,7 @@ def _write_view(array: np.ndarray, array_path: Path, index_path: Path, cells: pd
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(buffer.getvalue(), array_path)
-    atomic_write_csv(cell_keys(cells), index_path)
+    write_cache_csv(cell_keys(cells), index_path)
 
 
 @torch.inference_mode()

@@ -13,7 +13,6 @@ forward/backward runs under bf16 autocast (``--amp auto``), the loss in fp32.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from lib.cnn.common import (
     seed_everything,
 )
 from lib.cnn.dino import DinoNet
-from lib.core.errors import DataError
+from lib.core.io import read_json
 from lib.core.progress import tqdm
 from lib.data.images import ImageCache
 from lib.models.backbones import input_side
@@ -225,10 +224,7 @@ def encoder_record(weights: Path | None) -> dict | None:
     """The record of a pretrained encoder (None for other weights files and for 'none'/'lite0')."""
     if weights is None or not encoder_record_path(weights).exists():
         return None
-    try:
-        record = json.loads(encoder_record_path(weights).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{encoder_record_path(weights)}: unreadable encoder record ({exc})") from None
+    record = read_json(encoder_record_path(weights))
     return record if isinstance(record, dict) and record.get("objective") else None
 
 

@@ -1,5 +1,6 @@
 """Atomic file writes: a crash never leaves a half-written file under its final name; a lock around building a
-shared cache file, so that two processes on one cold cache build it once."""
+shared cache file, so that two processes on one cold cache build it once. Reading the toolkit's own files back:
+tables whose patient IDs stay text exactly as written, YAML and JSON, each a one-line DataError when damaged."""
 import json
 import logging
 import os
@@ -15,6 +16,11 @@ import yaml
 from lib.core.errors import DataError
 
 log = logging.getLogger(__name__)
+ID_COLUMNS = ("ID", "Id")  # patient IDs: text exactly as written ('NA', 'null', '007' are IDs, never missing values)
+# pandas' default missing-value strings, applied to the other columns only
+NA_TEXT = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+           "NULL", "NaN", "None", "n/a", "nan", "null")
+REDO = "re-run the command that wrote it"
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
@@ -66,8 +72,8 @@ def _umask() -> int:
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Atomically write text (UTF-8)."""
-    return atomic_write_bytes(text.encode("utf-8"), path)
+    """Atomically write text (UTF-8; a file name that is not UTF-8 keeps its own bytes: surrogateescape)."""
+    return atomic_write_bytes(text.encode("utf-8", "surrogateescape"), path)
 
 
 def atomic_write_csv(table: pd.DataFrame, path: str | Path, index: bool = False) -> Path:
@@ -149,7 +155,7 @@ def read_json(path: str | Path) -> Any:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
     except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        raise DataError(f"{path}: not valid JSON ({exc}); {REDO}") from None
 
 
 @contextmanager
@@ -177,3 +183,62 @@ def build_lock(path: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def read_table(path: str | Path, dtype: dict | None = None, **kwargs: Any) -> pd.DataFrame:
+    """A CSV the toolkit wrote (or a user gave): patient-ID columns read as text exactly as written, missing-value
+    parsing on the other columns only; an empty, cut or undecodable file is a one-line DataError naming it."""
+    path = Path(path)
+    try:
+        columns = pd.read_csv(path, nrows=0, encoding_errors="surrogateescape").columns
+        ids = {c: str for c in columns if c in ID_COLUMNS}
+        na = {c: list(NA_TEXT) for c in columns if c not in ID_COLUMNS}
+        return pd.read_csv(path, dtype={**ids, **(dtype or {})}, keep_default_na=False, na_values=na,
+                           encoding_errors="surrogateescape", **kwargs)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (cut short?); {REDO}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [""])[0][:160]
+        raise DataError(f"{path}: not a readable table ({reason}); {REDO}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file the toolkit wrote (one-line DataError naming it when unreadable)."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:160]
+        raise DataError(f"{path}: not valid YAML ({problem}); {REDO}") from None
+
+
+REPORT_FILES = (".png", ".html")  # what a report folder holds
+
+
+@contextmanager
+def atomic_directory(path: str | Path, own_suffixes: tuple[str, ...] = REPORT_FILES) -> Iterator[Path]:
+    """Build a folder of several files beside ``path`` and put it in place only when complete: a killed command
+    leaves the old folder or the new one, never a mix. An existing folder holding files of other kinds (not
+    ``own_suffixes``: someone else's) is refused (DataError) rather than replaced."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(p.is_dir() or p.suffix not in own_suffixes for p in path.iterdir())):
+        raise DataError(f"{path}: exists and holds other things than a report ({', '.join(own_suffixes)} files); "
+                        f"choose a new or empty folder")
+    make_dirs(path.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield work
+        os.chmod(work, 0o777 & ~_umask())
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(work, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -13,10 +13,18 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, make_dirs, os_problem
+from lib.core.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    make_dirs,
+    os_problem,
+    read_table,
+    read_yaml,
+)
 from lib.core.paths import REPO_DIR
 
 log = logging.getLogger(__name__)
@@ -119,7 +127,7 @@ def _remove_empty(run_dir: Path) -> None:
 
 def _check_same_config(saved: Path, config: dict) -> None:
     """A resumed run must use the settings it was started with."""
-    old = yaml.safe_load(saved.read_text()) or {}
+    old = read_yaml(saved) or {}
     changed = sorted(k for k in set(old) | set(config)
                      if k not in NOT_COMPARED_ON_RESUME and old.get(k, LATER_OPTION_DEFAULTS.get(k)) != config.get(k))
     if changed:
@@ -144,7 +152,7 @@ def attach_log_file(path: Path) -> None:
     for old in [h for h in root.handlers if getattr(h, "_run_log", False)]:
         root.removeHandler(old)
         old.close()
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, errors="backslashreplace")  # a file name that is not UTF-8: escaped
     handler._run_log = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
@@ -172,7 +180,7 @@ def read_predictions(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise DataError(f"{run_dir}: run directory not found")
         if not path.exists():
             raise DataError(f"{path}: predictions not found (did the run finish?)")
-        table = pd.read_csv(path, dtype={"ID": str})
+        table = read_table(path)
         if table.isna().any().any():
             raise DataError(f"{path}: contains NaN")
         tables.append(table)

@@ -4,8 +4,9 @@ Two real layouts are accepted:
 - 2024: ``trainset/trainset_true.csv`` + ``testset/testset_data.csv``;
 - 2021: one ``clinical_annotation.csv`` at the root (unnamed index column first, test rows LABEL=-1).
 Images always live in ``trainset/P<id>/*.jpg`` and ``testset/P<id>/*.jpg``.
-Unreadable images (zero bytes, no JPEG start/end marker) are skipped with a warning naming them; a
-patient whose bag ends up empty is an error.
+Unreadable images (zero bytes, no JPEG start marker or frame header, no end-of-image marker after the image
+data, a declared size beyond lib.data.jpeg.MAX_PIXELS) are skipped with a warning naming them, before anything
+decodes them; a patient whose bag ends up empty is an error.
 """
 import hashlib
 import logging
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.data.clinical import AGE_REFERENCE_DATE, MAX_AGE, age_years, clinical_features, normalise_gender, parse_dob
 from lib.core.errors import DataError
-from lib.data.digests import file_digest
 from lib.core.io import os_problem
+from lib.data.clinical import AGE_REFERENCE_DATE, MAX_AGE, age_years, clinical_features, normalise_gender, parse_dob
+from lib.data.digests import file_digest
+from lib.data.jpeg import has_end_marker, read_header, size_problem
 
 log = logging.getLogger(__name__)
 COLUMNS = ["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]
@@ -57,7 +59,7 @@ class Dataset:
             row = self.patients.loc[pid]
             h = hashlib.sha1(f"{row.GENDER}|{row.DOB}|{row.LYMPH_COUNT!r}".encode())
             for path in sorted(self.images[pid], key=lambda q: q.name):
-                h.update(f"\n{path.name}:".encode())
+                h.update(f"\n{path.name}:".encode("utf-8", "surrogateescape"))  # a name that is not UTF-8: its bytes
                 h.update(bytes.fromhex(file_digest(path)))  # the SHA-1 every cache keys the cell on
             out[str(pid)] = h.hexdigest()[:12]
         return out
@@ -248,28 +250,31 @@ def _warn_if_bad(path: Path) -> bool:
 
 
 def jpeg_problem(path: Path) -> str | None:
-    """Cheap structural check of a JPEG: None if fine, else what is wrong (a folder, pipe, broken link or link
-    loop named like an image is a problem too, never an exception or a read that blocks)."""
+    """Cheap structural check of a JPEG, before anything decodes it: None if fine, else what is wrong (a folder,
+    pipe, broken link or link loop named like an image is a problem too, never an exception or a read that blocks).
+
+    Only the markers are read (lib.data.jpeg): the size the frame header declares must be a sane cell image's (at
+    most lib.data.jpeg.MAX_PIXELS: a decompression bomb is never decoded), and an end-of-image marker must follow
+    the image data, at the end of the file or with bytes padded after it (a truncated file has none)."""
     try:
         info = path.stat()
     except OSError as exc:  # a broken link, a symlink loop, no permission on the folder
         return f"unreadable ({os_problem(exc)})"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file (a folder, pipe or device named like an image)"
-    size = info.st_size
-    if size == 0:
+    if info.st_size == 0:
         return "zero-byte file"
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
-            fh.seek(max(0, size - 64))
-            tail = fh.read()
+            header = read_header(fh)
+            if isinstance(header, str):
+                return header
+            if problem := size_problem(header):
+                return problem
+            if not has_end_marker(fh, header.scan, info.st_size):
+                return "truncated JPEG (no end-of-image marker after the image data)"
     except OSError as exc:
         return f"unreadable ({os_problem(exc)})"
-    if head != b"\xff\xd8":
-        return "not a JPEG (no start-of-image marker)"
-    if b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)"
     return None
 
 

@@ -5,7 +5,13 @@ digests are remembered in ``cache/digests/<dataset>.csv`` by (path, size, mtime_
 whose path and stat are unchanged is not read again; one whose stat changed (a copied, restored or touched data
 directory) is read and hashed again. A touched or copied file keeps its digest, so the decoded-image, embedding
 and morphometry caches keyed on it stay valid instead of being rebuilt; a file whose bytes changed gets a new
-digest and every cache holding it is recomputed.
+digest and every cache holding it is recomputed. A store cut short or damaged is never half-trusted: its
+unreadable rows are dropped (with a warning naming it) and their files hashed again.
+
+Every cache table (this store, the decoded-image, embedding and morphometry indexes) is written and read by
+``write_cache_csv`` and ``read_cache_csv``: a file name that is not valid UTF-8 (e.g. a Latin-1 ``cell\xe9.jpg`` of
+an older Windows export, which Python names with a surrogate escape) is stored as its own bytes and read back as
+the same name.
 """
 import hashlib
 import logging
@@ -17,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, os_problem
+from lib.core.io import atomic_write_bytes, os_problem
 from lib.core.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,28 @@ def content_digests(paths: list[str], store: Path, progress: bool = True, worker
     return table
 
 
+def write_cache_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """Atomically write a cache table (no index column); a file name that is not UTF-8 keeps its own bytes."""
+    return atomic_write_bytes(table.to_csv(index=False).encode("utf-8", "surrogateescape"), path)
+
+
+def read_cache_csv(path: str | Path, **kwargs) -> pd.DataFrame:
+    """Read a table ``write_cache_csv`` wrote (pandas.read_csv options in ``kwargs``), file names as they were."""
+    return pd.read_csv(path, encoding="utf-8", encoding_errors="surrogateescape", **kwargs)
+
+
+atomic_write_csv = write_cache_csv  # what ``remember`` writes with (the name lib.core.io gives its UTF-8-only twin)
+
+CSV_PROBLEMS = (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError)  # an unreadable cache table
+
+
+def table_problem(exc: BaseException) -> str:
+    """Short text of why a cache table could not be read."""
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "empty file"
+    return os_problem(exc) if isinstance(exc, OSError) else (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+
+
 def remember(table: pd.DataFrame, path: Path) -> None:
     """Write a cache file that only saves work (a digest store, an index upgraded in place); a cache directory
     that cannot be written (read-only, another user's) leaves it as it was, with a warning, and the caller goes on
@@ -89,19 +117,28 @@ def remember(table: pd.DataFrame, path: Path) -> None:
 
 def _read_store(store: Path) -> pd.DataFrame:
     """The remembered digests (empty when absent or unreadable; a row cut off or damaged is dropped, and its file
-    hashed again: never trusted half-read)."""
+    hashed again: never trusted half-read; a warning names the store when it was there but not whole)."""
     empty = pd.DataFrame({"path": pd.Series(dtype=str), "size": pd.Series(dtype=np.int64),
                           "mtime_ns": pd.Series(dtype=np.int64), "digest": pd.Series(dtype=str)})
+    if not store.exists():
+        return empty
     try:
-        known = pd.read_csv(store, dtype=str, keep_default_na=False)  # all text: checked before converting
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        known = read_cache_csv(store, dtype=str, keep_default_na=False)  # all text: checked before converting
+    except CSV_PROBLEMS as exc:
+        log.warning("%s: unreadable digest store (%s), hashing every image again", store, table_problem(exc))
         return empty
     if not {*STAT_KEY, "digest"} <= set(known.columns):
+        log.warning("%s: damaged digest store (columns %s), hashing every image again", store,
+                    ", ".join(map(ascii, known.columns[:6])))  # garbage bytes shown escaped
         return empty
     whole = (known["digest"].str.fullmatch(r"[0-9a-f]{40}") & known["size"].str.fullmatch(r"\d{1,18}")
-             & known["mtime_ns"].str.fullmatch(r"\d{1,19}") & (known["path"] != ""))
-    known = known.loc[whole.fillna(False).astype(bool), [*STAT_KEY, "digest"]]
+             & known["mtime_ns"].str.fullmatch(r"\d{1,19}") & (known["path"] != "")).fillna(False).astype(bool)
+    if not whole.all():
+        log.warning("%s: %d damaged row(s) in the digest store (cut short or corrupted), hashing their images again",
+                    store, int((~whole).sum()))
+    known = known.loc[whole, [*STAT_KEY, "digest"]]
     try:
         return known.drop_duplicates(STAT_KEY).astype({"size": np.int64, "mtime_ns": np.int64})
     except (OverflowError, ValueError):  # a number beyond int64: damaged, so nothing of it is trusted
+        log.warning("%s: damaged digest store (a size or time beyond 64 bits), hashing every image again", store)
         return empty

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.data.dataset import Dataset
 from lib.core.config import DEFAULT_FOLD_SEED, DEFAULT_N_FOLDS
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv
+from lib.core.io import atomic_write_csv, read_table
 from lib.core.paths import FOLDS_DIR
+from lib.data.dataset import Dataset
 
 log = logging.getLogger(__name__)
 DEFAULT_N_SPLITS = DEFAULT_N_FOLDS
@@ -18,7 +18,19 @@ DEFAULT_SEED = DEFAULT_FOLD_SEED
 
 def folds_path(dataset: Dataset, n_splits: int, seed: int, folds_dir: Path = FOLDS_DIR) -> Path:
     """Fold file of a dataset; its name carries the dataset fingerprint so no other dataset reuses it."""
-    return Path(folds_dir) / f"{dataset.name}_k{n_splits}_s{seed}.csv"
+    return folds_file(dataset.name, n_splits, seed, folds_dir)
+
+
+def folds_file(dataset_name: str, n_splits: int, seed: int, folds_dir: Path = FOLDS_DIR) -> Path:
+    """Fold file of a dataset by its name (what a run's config.yaml records)."""
+    return Path(folds_dir) / f"{dataset_name}_k{n_splits}_s{seed}.csv"
+
+
+def read_fold_file(path: Path) -> pd.DataFrame:
+    """A fold file as written (ID text, fold an integer), without the dataset checks of ``load_folds``."""
+    folds = read_table(path, dtype={"fold": str})
+    _check_fold_values(folds, path)
+    return folds
 
 
 def strata(train: pd.DataFrame, n_splits: int) -> pd.Series:
@@ -64,15 +76,28 @@ def load_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = D
         atomic_write_csv(fold_counts(folds, dataset), path.with_name(path.stem + "_counts.csv"), index=True)
         atomic_write_csv(folds, path)
         log.info("wrote %s", path)
-    folds = pd.read_csv(path, dtype={"ID": str, "fold": int})
+    folds = read_table(path, dtype={"fold": str})
     _check_folds(folds, dataset, n_splits, path)
-    return folds
+    return folds.astype({"fold": int})
+
+
+def _check_fold_values(folds: pd.DataFrame, path: Path) -> None:
+    """Every fold value an integer (read as text: 'x' or an empty cell is named, not a parser error); in place."""
+    if "fold" not in folds.columns:
+        raise DataError(f"{path}: expected columns ID,fold")
+    bad = folds.loc[~folds["fold"].fillna("").astype(str).str.fullmatch(r"\d+"), ["ID", "fold"]]
+    if len(bad):
+        pid, value = bad.iloc[0]
+        raise DataError(f"{path}: fold of patient {pid} is {'empty' if pd.isna(value) or value == '' else repr(value)}, "
+                        f"expected an integer (edited by hand? restore it: fold files are written once)")
+    folds["fold"] = folds["fold"].astype(int)
 
 
 def _check_folds(folds: pd.DataFrame, dataset: Dataset, n_splits: int, path: Path) -> None:
     """The fold file must cover exactly the train patients, each once, with folds 0..k-1."""
     if list(folds.columns) != ["ID", "fold"] or folds["ID"].duplicated().any():
         raise DataError(f"{path}: expected columns ID,fold with unique IDs")
+    _check_fold_values(folds, path)
     if set(folds["ID"]) != set(dataset.train.index):
         raise DataError(f"{path}: patient IDs differ from the train patients of {dataset.root}")
     if set(folds["fold"]) != set(range(n_splits)):

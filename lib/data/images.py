@@ -6,6 +6,9 @@ reads the same cells, so the first use decodes each image once into
 The index records each cell's identity (ID, file name, size and the SHA-1 of the file's bytes, see
 lib.data.digests) and is compared with the images on every read: when a cell was added, removed or replaced,
 the cache is rebuilt (with a warning naming it), never silently reused; a copied or touched file is the same cell.
+A damaged cache is rebuilt the same way, never trusted: an index that cannot be read, an array whose length is not
+that of the index's cells (cut short by a full disk or a copy), or one that cannot be opened.
+Decoding is bounded: an image whose header declares more than lib.data.jpeg.MAX_PIXELS is never decoded.
 """
 import logging
 import os
@@ -16,20 +19,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from lib.core.progress import tqdm
 
-from lib.data.dataset import Dataset
-from lib.data.digests import content_digests, digest_store, remember
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, build_lock, make_dirs, os_problem
+from lib.core.io import build_lock, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
+from lib.core.progress import tqdm
+from lib.data.dataset import Dataset
+from lib.data.digests import (
+    CSV_PROBLEMS,
+    content_digests,
+    digest_store,
+    read_cache_csv,
+    remember,
+    table_problem,
+    write_cache_csv,
+)
+from lib.data.jpeg import declared_size_problem
 
 log = logging.getLogger(__name__)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into an RGB uint8 array; a file that fails to decode is an error."""
+    """Decode an image file into an RGB uint8 array; a file that fails to decode is an error, and so is one whose
+    header declares a size no cell image has (a decompression bomb: refused before the decoder allocates it)."""
     data = np.fromfile(str(path), dtype=np.uint8)
+    if problem := declared_size_problem(data):
+        raise DataError(f"{path}: {problem}, not decoded")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise DataError(f"{path}: cannot decode image")
@@ -70,8 +85,19 @@ def same_cells(saved: pd.DataFrame, cells: pd.DataFrame) -> bool:
     if not set(key) <= set(saved.columns) or len(saved) != len(cells):
         return False
     now, old = cells.assign(ID=cells["ID"].astype(str)), saved[key]
-    return all((old[k].to_numpy(np.int64) == now[k].to_numpy(np.int64)).all() if k in ("size", "mtime_ns") else
-               (old[k].astype(str).to_numpy() == now[k].to_numpy()).all() for k in key)
+    try:
+        return all((old[k].to_numpy(np.int64) == now[k].to_numpy(np.int64)).all() if k in ("size", "mtime_ns") else
+                   (old[k].astype(str).to_numpy() == now[k].to_numpy()).all() for k in key)
+    except (ValueError, TypeError, OverflowError):  # a damaged number (cut short, not a number): not these cells
+        return False
+
+
+def read_cell_index(path: Path) -> pd.DataFrame | str:
+    """A cache index (``write_cache_csv``) as written, or why it cannot be read (a short text)."""
+    try:
+        return read_cache_csv(path, dtype=CELL_DTYPES)
+    except CSV_PROBLEMS as exc:
+        return table_problem(exc)
 
 
 def legacy_index(saved: pd.DataFrame) -> bool:
@@ -123,38 +149,50 @@ def cache_paths(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR) -> tup
 
 def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
                      workers: int = 2, progress: bool = True) -> ImageCache:
-    """Open the dataset's decoded cache, building it first if absent (the index is written last)."""
+    """Open the dataset's decoded cache, building it first if absent, stale or damaged (the index is written last)."""
     array_path, index_path = cache_paths(dataset, crop, cache_dir)
     index = image_index(dataset, cache_dir, progress)
-    if not _fresh(array_path, index_path, index):
+    if _stale(array_path, index_path, index, crop, dataset) is not None:
         with build_lock(array_path):  # a second process on this cold cache waits, then reuses the first's
-            if not _fresh(array_path, index_path, index):
-                if index_path.exists():
-                    log.warning("%s: cached cells differ from the images of %s (added, removed or replaced, "
-                                "or cached by an older version), rebuilding the decoded cache", index_path, dataset.root)
-                    index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
+            reason = _stale(array_path, index_path, index, crop, dataset)
+            if reason is not None:
+                if reason:
+                    log.warning("%s, rebuilding the decoded cache", reason)
+                index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
                 _build(index, crop, array_path, workers, progress)
-                atomic_write_csv(index, index_path)
-    array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
+                write_cache_csv(index, index_path)
+    try:
+        array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
+    except (OSError, ValueError) as exc:  # changed since it was checked (another process, a full disk)
+        reason = os_problem(exc) if isinstance(exc, OSError) else str(exc)
+        raise DataError(f"{array_path}: cannot read the decoded-image cache ({reason})") from None
     return ImageCache(array=array, index=index)
 
 
-def _fresh(array_path: Path, index_path: Path, index: pd.DataFrame) -> bool:
-    """Whether the cache holds exactly these cells (array and index both there, the index matching)."""
-    return index_path.exists() and array_path.exists() and _read_index(index_path, index)
-
-
-def _read_index(index_path: Path, index: pd.DataFrame) -> bool:
-    """Whether the saved index describes exactly these cells (a moved data dir still matches)."""
-    try:
-        saved = pd.read_csv(index_path, dtype=CELL_DTYPES)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return False
+def _stale(array_path: Path, index_path: Path, index: pd.DataFrame, crop: int, dataset: Dataset) -> str | None:
+    """None when the cache holds exactly these cells, whole; else why not: '' when it is not there (or its build
+    was cut short: no index), the warning's text when it is there but stale or damaged."""
+    if not index_path.exists():
+        return ""
+    saved = read_cell_index(index_path)
+    if isinstance(saved, str):
+        return f"{index_path}: unreadable index of the decoded cache ({saved})"
     if not same_cells(saved, index):
-        return False
+        return (f"{index_path}: cached cells differ from the images of {dataset.root} (added, removed or replaced, "
+                f"or cached by an older version)")
+    expected = len(index) * crop * crop * 3
+    try:
+        size = array_path.stat().st_size
+        with open(array_path, "rb"):
+            pass
+    except OSError as exc:
+        return f"{array_path}: unreadable decoded cache ({os_problem(exc)})"
+    if size != expected:
+        return (f"{array_path}: {size} bytes where its index's {len(index)} cells of {crop}x{crop} take {expected} "
+                f"(cut short or damaged)")
     if legacy_index(saved):  # an earlier version's index, still matching: keyed on the contents from now on
         remember(index, index_path)
-    return True
+    return None
 
 
 def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progress: bool) -> None:
@@ -171,18 +209,18 @@ def _build(index: pd.DataFrame, crop: int, array_path: Path, workers: int, progr
         out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(len(index), crop, crop, 3))
         shapes = {}
 
-        def load(row: int) -> None:
+        def load(row: int, target: np.memmap = out) -> None:
             path = index["path"].iat[row]
             img = read_image(path)
             shapes[row] = img.shape[:2]
-            out[row] = center_crop(img, crop, path)
+            target[row] = center_crop(img, crop, path)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             jobs = pool.map(load, range(len(index)))
             for _ in tqdm(jobs, total=len(index), desc=f"decode -> cache (crop {crop})", disable=not progress):
                 pass
         out.flush()
-        del out
+        del load, out
         _warn_odd_sizes(index, shapes)
         tmp.replace(array_path)
     except OSError as exc:

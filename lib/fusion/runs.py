@@ -6,16 +6,17 @@ best_params.json and loads exactly the runs it records, from their recorded path
 predictions changed since the tuning (hashes of IDs, folds, targets and the probabilities themselves).
 """
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from lib.core.errors import DataError
+from lib.core.io import read_json, read_yaml
+from lib.core.paths import FOLDS_DIR
 from lib.core.runs import read_predictions
 from lib.data.dataset import changed_inputs
+from lib.data.folds import folds_file, read_fold_file
 from lib.fusion.fuse import FusionParams
 
 SIGNATURE_KEYS = ("oof_hash", "test_ids_hash", "proba_hash")
@@ -68,7 +69,9 @@ def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise DataError(f"{path}: not found ({run_dir} is not a run directory of this toolkit)")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path) or {}
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: not a mapping of settings; re-run the command that wrote it")
     if not config.get("dataset_name"):
         raise DataError(f"{path}: records no dataset_name, so its data cannot be checked; re-run that stage")
     return config
@@ -113,6 +116,8 @@ def load_runs(run_dirs: list[str | Path]) -> RunSet:
         raise DataError(f"runs {', '.join(map(str, paths)) or '(none)'}: need at least one run, with distinct names")
     tables = [_read_run(p) for p in paths]
     configs = [read_run_config(p) for p in paths]
+    for path, (oof, _), config in zip(paths, tables, configs):
+        check_against_folds(path, oof, config)
     for path, (oof, test), config in zip(paths[1:], tables[1:], configs[1:]):
         _check_same(str(path), str(paths[0]), oof, tables[0][0], test, tables[0][1])
         _check_dataset(path, config, paths[0], configs[0])
@@ -120,6 +125,38 @@ def load_runs(run_dirs: list[str | Path]) -> RunSet:
     return RunSet(names=names, paths=paths, target=ref["target"].astype(int), fold=ref["fold"].astype(int),
                   oof=pd.DataFrame({n: t[0]["proba"] for n, t in zip(names, tables)}).loc[ref.index],
                   test=pd.DataFrame({n: t[1]["proba"] for n, t in zip(names, tables)}), configs=configs)
+
+
+def recorded_fold_file(run_dir: Path, config: dict) -> Path | None:
+    """The fold file a run was cross-validated on: where its config.yaml says, else this repository's folds/ (a
+    run made on another machine); None for a run that records no folds (made by an older version)."""
+    keys = ("dataset_name", "n_folds", "fold_seed")
+    if any(config.get(k) is None for k in keys):
+        return None
+    name = folds_file(config["dataset_name"], int(config["n_folds"]), int(config["fold_seed"])).name
+    candidates = [Path(config["folds_dir"]) / name] if config.get("folds_dir") else []
+    found = [p for p in [*candidates, FOLDS_DIR / name] if p.exists()]
+    if not found:
+        raise DataError(f"{run_dir}: its fold file {candidates[0] if candidates else FOLDS_DIR / name} is not there "
+                        f"(fold files are written once and kept: restore it to check the run's predictions)")
+    return found[0]
+
+
+def check_against_folds(run_dir: Path, oof: pd.DataFrame, config: dict) -> None:
+    """A run's oof.csv must cover exactly its fold file's patients, each in the fold the file gives."""
+    path = recorded_fold_file(run_dir, config)
+    if path is None:
+        return
+    folds = read_fold_file(path).set_index("ID")["fold"]
+    missing, extra = folds.index.difference(oof.index), oof.index.difference(folds.index)
+    if len(missing) or len(extra):
+        example = f"missing e.g. {', '.join(missing[:3])}" if len(missing) else f"not in it e.g. {', '.join(extra[:3])}"
+        raise DataError(f"{Path(run_dir) / 'oof.csv'}: covers {len(oof.index.intersection(folds.index))} of the "
+                        f"{len(folds)} patients of its fold file {path} ({example}): cut or edited; re-run its stage")
+    moved = oof.index[oof["fold"].astype(int).to_numpy() != folds.loc[oof.index].to_numpy()]
+    if len(moved):
+        raise DataError(f"{Path(run_dir) / 'oof.csv'}: {len(moved)} patient(s) in another fold than its fold file {path} "
+                        f"gives (e.g. {moved[0]}): the fold file or the run changed; re-run its stage")
 
 
 def _check_dataset(path: Path, config: dict, ref_path: Path, ref_config: dict) -> None:
@@ -138,7 +175,9 @@ def read_best_params(ensemble_dir: str | Path) -> dict:
     path = Path(ensemble_dir) / "best_params.json"
     if not path.exists():
         raise DataError(f"{path}: not found (is {ensemble_dir} a finished ensemble.py run?)")
-    saved = json.loads(path.read_text())
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a mapping (damaged? re-run ensemble.py)")
     missing = [k for k in BEST_PARAMS_KEYS if k not in saved]
     missing += [f"runs[{i}].{k}" for i, e in enumerate(saved.get("runs", [])) for k in ("name", "path", *SIGNATURE_KEYS)
                 if k not in e]

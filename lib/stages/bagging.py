@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_yaml
+from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_yaml, read_table
 from lib.core.metrics import fold_metrics
 from lib.core.runs import read_predictions
 from lib.fusion.runs import read_run_config
@@ -67,7 +67,7 @@ def bag_cells(paths: list[Path]) -> pd.DataFrame | None:
     files = [Path(p) / "cells.csv" for p in paths]
     if not all(f.exists() for f in files):
         return None
-    cells = pd.concat([pd.read_csv(f, dtype={"ID": str}) for f in files], ignore_index=True)
+    cells = pd.concat([read_table(f) for f in files], ignore_index=True)
     return cells.groupby(["ID", "split", "path"], sort=False, as_index=False)["weight"].mean()
 
 

@@ -10,7 +10,6 @@ path, weight: OOF patients from the fold that held them out, test patients avera
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings,
 from lib.cnn.pretrain import encoder_record, encoder_record_path
 from lib.cnn.settings import clinical_inputs, finetune_settings, head_settings
 from lib.core.errors import DataError
-from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json, read_json, read_table
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache, read_image
 from lib.models.backbones import (
@@ -135,11 +134,11 @@ def save_fold(run_dir: Path, fold: int, result: FoldResult, checkpoint: str) -> 
 def write_outputs(run_dir: Path, n_folds: int) -> None:
     """Top-level log.csv (folds done so far) and, once every fold is done, cells.csv."""
     dirs = [fold_dir(run_dir, k) for k in range(n_folds)]
-    logs = [pd.read_csv(d / "log.csv") for d in dirs if (d / "log.csv").exists()]
+    logs = [read_table(d / "log.csv") for d in dirs if (d / "log.csv").exists()]
     if logs:
         atomic_write_csv(pd.concat(logs, ignore_index=True), Path(run_dir) / "log.csv")
     if all((d / "cells.csv").exists() for d in dirs):
-        cells = pd.concat([pd.read_csv(d / "cells.csv", dtype={"ID": str}) for d in dirs], ignore_index=True)
+        cells = pd.concat([read_table(d / "cells.csv") for d in dirs], ignore_index=True)
         atomic_write_csv(merge_cells(cells), Path(run_dir) / "cells.csv")
 
 
@@ -211,5 +210,5 @@ def run_cnn(stage: Stage, setup: Setup) -> dict:
         atomic_write_json(timings, timings_path)
     metrics_path = Path(stage.run_dir) / "metrics.json"
     if metrics_path.exists():
-        return json.loads(metrics_path.read_text())
+        return read_json(metrics_path)
     return {"folds_done": sorted(int(k) for k in oof["fold"].unique())}

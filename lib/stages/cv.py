@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, atomic_write_json
+from lib.core.io import atomic_write_csv, atomic_write_json, read_table
 from lib.core.metrics import binary_scores, fold_metrics
 from lib.core.progress import tqdm
 from lib.core.runs import fold_test_table, write_predictions
@@ -80,12 +80,23 @@ def read_fold(stage: Stage, k: int) -> pd.DataFrame | None:
     path = fold_path(stage.run_dir, k)
     if not path.exists():
         return None
-    table = pd.read_csv(path, dtype={"ID": str})
+    table = read_table(path)
     _, valid, test = fold_ids(stage, k)
+    _check_same_fold(table, valid, k, path)
     for role, expected in (("valid", valid), ("test", test)):
         rows = table[table["role"] == role]
         _check_proba(rows.set_index("ID")["proba"], expected, f"{path} ({role} rows)")
     return table
+
+
+def _check_same_fold(table: pd.DataFrame, valid: pd.Index, k: int, path: Path) -> None:
+    """A saved fold must hold the patients that the fold file puts in fold k now (a changed fold file is named)."""
+    saved = set(table.loc[table["role"] == "valid", "ID"]) if "role" in table.columns else set()
+    if saved and saved != set(valid):
+        moved = sorted(saved ^ set(valid))
+        raise DataError(f"{path}: fold {k} held other patients when it was run than the fold file gives now "
+                        f"({len(moved)} differ, e.g. {', '.join(moved[:3])}): the fold file changed since; restore it, "
+                        f"or start a new run (another --experiment) on the new folds")
 
 
 def cross_validate(stage: Stage, fit_predict: FitPredict, folds_to_run: Iterable[int] | None = None,

@@ -26,7 +26,7 @@ from lib.cnn.device import autocast_dtype, resolve_device
 from lib.cnn.embedding import EmbedJob, EmbedSpec, code_tag, compute_embeddings, precision_name
 from lib.cnn.settings import finetune_settings, head_settings
 from lib.core.errors import DataError
-from lib.core.io import read_checkpoint, read_json
+from lib.core.io import read_checkpoint, read_json, read_table
 from lib.core.runs import fold_test_table
 from lib.data.dataset import Dataset
 from lib.data.images import load_image_cache
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 def n_folds_of(run_dir: Path) -> int:
     """Number of folds of a finished run (the fold columns of its test.csv)."""
-    columns = pd.read_csv(Path(run_dir) / "test.csv", nrows=0).columns
+    columns = read_table(Path(run_dir) / "test.csv", nrows=0).columns
     return sum(c.startswith("fold_") for c in columns)
 
 

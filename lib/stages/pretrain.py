@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from lib.cnn.pretrain import (
     total_epochs,
 )
 from lib.core.errors import DataError
-from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json
+from lib.core.io import atomic_torch_save, atomic_write_csv, atomic_write_json, read_json
 from lib.core.plots import pyplot, save_figure
 from lib.core.runs import code_version
 from lib.data.dataset import Dataset
@@ -89,7 +88,7 @@ def run_pretrain(args: argparse.Namespace, dataset: Dataset, run_dir: Path, back
     record_path = encoder_record_path(run_dir / ENCODER)
     if record_path.exists():
         log.info("%s: already done, nothing to train", record_path)
-        return json.loads(record_path.read_text())
+        return read_json(record_path)
     cache = load_image_cache(dataset, args.crop, args.cache_dir, progress=args.progress)
     dtype = training_autocast_dtype(args.amp, device)
     trainer = build_pretrainer(backbone, cache, data_config, pretrain_settings(args), device, dtype)

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv
+from lib.core.io import atomic_write_csv, read_table
 from lib.core.metrics import binary_scores
+from lib.core.paths import proba_path
 from lib.fusion.fuse import FusionParams, fuse
 from lib.fusion.runs import RunSet
 
@@ -79,12 +80,6 @@ def submission_tables(proba: pd.Series, threshold: float) -> tuple[pd.DataFrame,
             pd.DataFrame({"Id": ids, "Proba": proba.to_numpy(dtype=float)}))
 
 
-def proba_path(out: str | Path) -> Path:
-    """``submission_proba.csv`` beside ``submission.csv`` (``<stem>_proba.csv`` in general)."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}_proba{out.suffix or '.csv'}")
-
-
 def write_submission(proba: pd.Series, threshold: float, test_ids, out: str | Path) -> tuple[Path, Path]:
     """Validate then atomically write the label and probability files; return their paths."""
     labels, probas = submission_tables(proba, threshold)
@@ -104,7 +99,7 @@ def demo_test_ba(data_dir: str | Path, labels: pd.DataFrame) -> float | None:
     path = Path(data_dir) / "demo_test_truth.csv"
     if not path.exists():
         return None
-    truth = pd.read_csv(path, dtype={"ID": str}).set_index("ID")["LABEL"]
+    truth = read_table(path).set_index("ID")["LABEL"]
     pred = labels.set_index("Id")["Predicted"]
     if set(truth.index) != set(pred.index):
         raise DataError(f"{path}: IDs differ from the submission's")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.core.errors import DataError
 from lib.core.progress import tqdm
 from lib.data.dataset import COLUMNS
 from lib.data.demo.cohort import PatientSpec, sample_patients, validate_params
-from lib.core.errors import DataError
 
 MARKER_NAME = ".demo_complete"
 TRUTH_NAME = "demo_test_truth.csv"

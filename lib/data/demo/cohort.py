@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import numpy as np
 
-from lib.data.clinical import AGE_REFERENCE_DATE
 from lib.core.errors import DataError
+from lib.data.clinical import AGE_REFERENCE_DATE
 
 
 @dataclass(frozen=True)

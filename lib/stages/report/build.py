@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lib.core.io import atomic_directory
 from lib.core.metrics import fold_metrics, mean_std
-from lib.core.paths import REPO_DIR
+from lib.core.paths import REPO_DIR, refuse_outputs_over_inputs
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
 from lib.stages.report.figures import calibration_figure, confusion_figure, fold_figure, fold_table, roc_figure
@@ -156,20 +157,24 @@ def submitted_section(ensemble: EnsembleRun, dataset: Dataset | None, out: Path,
                           "submitted test patients", n_show=n_show, base=REPO_DIR, progress=progress)
 
 
-def remove_old_montages(out: Path) -> None:
-    """Drop patient montages of an earlier rendering (the chosen patients may have changed)."""
-    for path in out.glob(f"{MONTAGE_PREFIX}*.png"):
-        path.unlink()
-
-
 def build_report(ensemble_dir: str | Path, data_dir: Path | None = None, out: Path | None = None,
                  n_show: int = 8, max_errors: int = 12, progress: bool = True) -> Path:
     """Write the report PNGs and index.html of an ensemble run; return the index.html path."""
     ensemble = load_ensemble(ensemble_dir)
     dataset = load_data(resolve_data_dir(data_dir, ensemble.saved), ensemble.saved)
-    out = Path(out) if out is not None else ensemble.run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    remove_old_montages(out)
+    final = Path(out) if out is not None else ensemble.run_dir / "report"
+    refuse_outputs_over_inputs({"the report folder": final}, [*ensemble.runs.paths, *([dataset.root] if dataset else [])],
+                               [p for p in ensemble.run_dir.iterdir() if p.is_file()])
+    with atomic_directory(final) as out:  # a killed report leaves the old one or the new one, never a mix
+        write_report(ensemble, dataset, out, n_show, max_errors, progress)
+    index = final / "index.html"
+    log.info("report written to %s", index)
+    return index
+
+
+def write_report(ensemble: EnsembleRun, dataset: Dataset | None, out: Path, n_show: int, max_errors: int,
+                 progress: bool) -> None:
+    """The report's PNGs and index.html, written into the (new, empty) folder ``out``."""
     quality = quality_figures(ensemble, out)
     montages, notes = montage_section(ensemble, dataset, out, n_show, max_errors, progress)
     submitted, submitted_notes = submitted_section(ensemble, dataset, out, n_show, progress)
@@ -181,6 +186,5 @@ def build_report(ensemble_dir: str | Path, data_dir: Path | None = None, out: Pa
                        [("How good are the models", quality, []),
                         ("Why a patient is called tumoral: the cells behind the call", montages, notes),
                         ("The submitted test patients", submitted, submitted_notes)])
-    index = write_page(out / "index.html", page)
-    log.info("report written to %s (%d figures)", index, len(quality) + len(montages) + len(submitted))
-    return index
+    write_page(out / "index.html", page)
+    log.info("report: %d figures", len(quality) + len(montages) + len(submitted))

@@ -1,5 +1,4 @@
 """What the report reads: an ensemble run, the runs it fused (re-fused with lib.fusion.fuse), data and cell weights."""
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib.core.errors import DataError
+from lib.core.io import read_json, read_table
 from lib.core.paths import REPO_DIR
 from lib.data.dataset import Dataset, check_test_inputs, load_dataset
 from lib.fusion.fuse import FusionParams, fuse
@@ -47,7 +47,7 @@ def load_ensemble(run_dir: str | Path) -> EnsembleRun:
     blend = pd.DataFrame({"ID": runs.oof.index, "fold": runs.fold.to_numpy(), "target": runs.target.to_numpy(),
                           "proba": fused.to_numpy()})
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
     return EnsembleRun(run_dir, params, saved, runs, blend, metrics)
 
 
@@ -82,7 +82,7 @@ def load_data(data_dir: Path | None, saved: dict) -> Dataset | None:
 def cnn_run(ensemble: EnsembleRun) -> str | None:
     """The fused run whose cells.csv the montages show (see ``choose_cell_model``); None when no run has one."""
     paths = dict(zip(ensemble.runs.names, ensemble.runs.paths))
-    cells = {n: pd.read_csv(paths[n] / "cells.csv", usecols=["ID", "weight"], dtype={"ID": str})
+    cells = {n: read_table(paths[n] / "cells.csv", usecols=["ID", "weight"])
              for n in ensemble.runs.names if (paths[n] / "cells.csv").exists()}
     return choose_cell_model(cells, ensemble.params.weights)
 
@@ -103,7 +103,7 @@ def informative_weights(cells: pd.DataFrame) -> bool:
 def read_cells(run_dir: Path, oof_ids) -> pd.DataFrame:
     """OOF patients' cell weights from a run's cells.csv (ID, path, weight, ...)."""
     path = Path(run_dir) / "cells.csv"
-    cells = pd.read_csv(path, dtype={"ID": str})
+    cells = read_table(path)
     missing = [c for c in ("ID", "path", "weight") if c not in cells.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -115,7 +115,7 @@ def read_cells(run_dir: Path, oof_ids) -> pd.DataFrame:
 def read_test_cells(run_dir: Path, test_ids) -> pd.DataFrame:
     """Test patients' cell weights (averaged over the fold models) from a run's cells.csv."""
     path = Path(run_dir) / "cells.csv"
-    cells = pd.read_csv(path, dtype={"ID": str})
+    cells = read_table(path)
     if "split" not in cells.columns:
         raise DataError(f"{path}: no split column (made by an older version? re-run train_cnn.py)")
     return cells[(cells["split"] == "test") & cells["ID"].isin(set(test_ids))].reset_index(drop=True)

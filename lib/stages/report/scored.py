@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lib.core.io import atomic_directory
 from lib.core.plots import pyplot, save_figure
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
@@ -90,8 +91,15 @@ def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | No
 def scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[str, float],
                   cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, title: str,
                   progress: bool = True) -> Path:
-    """A stand-alone report (index.html + PNGs) of patients scored by predict.py."""
-    out.mkdir(parents=True, exist_ok=True)
+    """A stand-alone report (index.html + PNGs) of patients scored by predict.py, put in place whole."""
+    with atomic_directory(out) as work:
+        _write_scored_report(table, threshold, fusion_weights, cells_by_run, dataset, work, title, progress)
+    return out / "index.html"
+
+
+def _write_scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[str, float],
+                         cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, title: str,
+                         progress: bool) -> None:
     model = choose_cell_model(cells_by_run, fusion_weights)
     figures, notes = scored_section(table["blend"], threshold, cells_by_run.get(model), model, dataset, out,
                                     "scored patients", progress=progress)
@@ -104,4 +112,4 @@ def scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[st
              f"(no retraining), blended at threshold {threshold:.2f}.")
     page = render_page(title, intro, pd.DataFrame(rows), [("Where the calls fall, and the closest ones", figures, notes)],
                        table_heading="The models on these patients")
-    return write_page(out / "index.html", page)
+    write_page(out / "index.html", page)
