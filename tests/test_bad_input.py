@@ -1,5 +1,5 @@
 """Every class of bad input or environment stops a script with exit code 2 and one line naming the file or
-option, nothing logged before it, and no run directory or *.tmp file left behind (README: Bad input).
+option, nothing logged before it, and no run directory or *.tmp file left behind (docs/bad-input.md).
 
 The cases run in-process through each script's ``main(argv)`` and the same ``run_main`` wrapper as the command
 line (a fresh interpreter per case cost ~5 s each); tests/test_imports.py runs every script once as a real

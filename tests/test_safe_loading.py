@@ -1,4 +1,4 @@
-"""Loading is data, never code (README: Sharing runs safely): every model and checkpoint file the toolkit reads
+"""Loading is data, never code (docs/bad-input.md: Sharing runs safely): every model and checkpoint file the toolkit reads
 back from a run folder loads with ``torch.load(weights_only=True)`` or as JSON, so a crafted file in a shared
 run is refused with one line instead of running what it carries."""
 from pathlib import Path

@@ -9,7 +9,7 @@ STUDY_OPTIONS = ("study", "trials", "storage", "heartbeat", "prune")
 
 def add_study_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--study NAME switches a training script into study mode; the other options tune the study."""
-    g = parser.add_argument_group("hyper-parameter study (README: Studies)")
+    g = parser.add_argument_group("hyper-parameter study (docs/studies-and-overnight.md)")
     g.add_argument("--study", metavar="NAME",
                    help="run the Optuna study NAME instead of one run; trials go to <runs-dir>/NAME/trial_<n>/")
     g.add_argument("--trials", type=int, default=20,
