@@ -38,6 +38,7 @@ from lib.core.io import read_json
 from lib.core.progress import tqdm
 from lib.data.images import ImageCache
 from lib.models.backbones import input_side
+from lib.models.shipped import is_shipped, shipped_path
 
 log = logging.getLogger(__name__)
 GRAD_CLIP = 3.0
@@ -221,7 +222,10 @@ def encoder_record_path(weights: Path) -> Path:
 
 
 def encoder_record(weights: Path | None) -> dict | None:
-    """The record of a pretrained encoder (None for other weights files and for 'none'/'lite0')."""
+    """The record of a pretrained encoder (None for other weights files and for 'none'/'lite0'); a shipped name
+    (``lymph-ssl``) reads its card, after checking the weights' content hash."""
+    if weights is not None and is_shipped(str(weights)):
+        weights = shipped_path(str(weights))
     if weights is None or not encoder_record_path(weights).exists():
         return None
     record = read_json(encoder_record_path(weights))

@@ -10,6 +10,7 @@ import torch
 
 from lib.core.errors import DataError
 from lib.core.paths import CACHE_DIR
+from lib.models.shipped import SHIPPED, is_shipped, shipped_path
 from lib.models.weights import (
     TIMM_LITE0_NAME,
     check_state_dict_matches,
@@ -104,14 +105,18 @@ def embed_data_config(model: torch.nn.Module, crop: int, input_size: str | int) 
 
 
 def resolve_weights(weights: str | None, cache_dir: Path = CACHE_DIR) -> Path | None:
-    """``None``/'none' -> random init, 'lite0' -> offline ImageNet Lite0 (converted once), else a file."""
+    """``None``/'none' -> random init, 'lite0' -> offline ImageNet Lite0 (converted once), a shipped name
+    ('lymph-ssl': weights/, its content hash checked) -> its file, else a file."""
     if weights in (None, "", "none"):
         return None
+    if is_shipped(weights):
+        return shipped_path(weights)
     if weights == "lite0":
         return ensure_timm_lite0_weights(Path(cache_dir) / "weights")
     path = Path(weights)
     if not path.is_file():
-        raise DataError(f"{path}: weights file not found (give a file, 'lite0' or 'none')")
+        raise DataError(f"{path}: weights file not found (give a file, 'lite0', {', '.join(map(repr, SHIPPED))} or "
+                        f"'none')")
     return path
 
 

@@ -18,6 +18,7 @@ from lib.core.config import common_problems
 from lib.core.errors import raise_first
 from lib.features.tables import ENCODER_POOLINGS, ENCODER_SETS, FEATURE_SETS, uses_encoder
 from lib.models.options import HEAD_NAMES, PENALTIES, parse_c
+from lib.models.shipped import is_shipped, shipped_path
 
 REGIMES = ("embed", "finetune")
 
@@ -65,7 +66,8 @@ def add_cnn_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--regime", choices=REGIMES, default="embed",
       help="embed: frozen backbone + cached embeddings; finetune: end to end")
     a("--backbone", default="tf_efficientnet_lite0", help="timm model name")
-    a("--weights", default="lite0", help="backbone weights: a local file, 'lite0' (offline ImageNet Lite0) or 'none'")
+    a("--weights", default="lite0", help="backbone weights: a local file, 'lite0' (offline ImageNet Lite0), 'lymph-ssl' "
+                                          "(the shipped cell encoder, weights/) or 'none'")
     a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
     a("--input-size", type=input_size_arg, default="crop",
       help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
@@ -131,7 +133,8 @@ def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """Options of pretrain_cnn.py (YAML keys are the option names with '_' for '-')."""
     a = parser.add_argument
     a("--backbone", default="resnet10t", help="timm model name (dense convolutions train fastest under bf16)")
-    a("--weights", default="none", help="initial weights: 'none' (from scratch), 'lite0' or a local file")
+    a("--weights", default="none",
+      help="initial weights: 'none' (from scratch), 'lite0', 'lymph-ssl' (continue the shipped encoder) or a local file")
     a("--crop", type=int, default=112, help="centre crop of the cell images, in pixels")
     a("--input-size", type=input_size_arg, default=64,
       help="network input side: crop (no resizing), model (the backbone's data config) or pixels")
@@ -194,7 +197,8 @@ def add_clinical_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="inverse regularisation: a number, or 'cv' (default: inner CV per training fold)")
     parser.add_argument("--penalty", choices=sorted(PENALTIES), default=None, help="l1 (sparse) or l2 (default)")
     parser.add_argument("--encoder", type=Path, default=None,
-                        help="for --feature-set clinical+encoder: a pretrain_cnn.py run's encoder.pth (frozen; "
+                        help="for --feature-set clinical+encoder: lymph-ssl (the shipped encoder) or a pretrain_cnn.py "
+                             "run's encoder.pth (frozen; "
                              "its cells embedded once, cached)")
     parser.add_argument("--encoder-pooling", choices=ENCODER_POOLINGS, default="quantiles",
                         help="per patient: the mean embedding, or mean + 10/50/90th percentiles (default)")
@@ -221,7 +225,9 @@ def encoder_problems(args) -> list[tuple[bool, str]]:
                 (not wanted and encoder is not None, f"--encoder is read only by --feature-set "
                  f"{' / '.join(sorted(ENCODER_SETS))} (got --feature-set {args.feature_set})"),
                 (args.encoder_pca < 1, f"--encoder-pca {args.encoder_pca} must be >= 1")]
-    if wanted and encoder is not None:
+    if wanted and encoder is not None and is_shipped(str(encoder)):
+        shipped_path(str(encoder))  # its card and content hash (a one-line DataError when damaged)
+    elif wanted and encoder is not None:
         encoder = Path(encoder)
         record = encoder.with_suffix(".json")
         problems += [(not encoder.is_file(), f"{encoder}: --encoder weights file not found"),
