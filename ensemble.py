@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     runs = load_runs(args.runs)  # settings and runs are checked before the run directory is created
     from lib.stages.ensemble import run_ensemble  # Optuna: after the checks
     run_dir = create_run(Path(args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
-    result = run_ensemble(runs, run_dir, args.trials, args.nested_trials or args.trials, args.storage, args.seed,
-                          args.experiment, args.threshold, args.fusion)
+    result = run_ensemble(runs, run_dir, n_trials=args.trials, nested_trials=args.nested_trials or args.trials,
+                          storage=args.storage, seed=args.seed, name=args.experiment, policy=args.threshold,
+                          fusion=args.fusion)
     report(result, run_dir)
     return result
 

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from lib.core.cli import run_main
-from lib.core.config import ArgParser
+from lib.core.config import ArgParser, with_options
 from lib.core.errors import raise_first
 from lib.core.paths import CACHE_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 from lib.fusion.fuse import DEFAULT_FUSION, FUSIONS
@@ -58,10 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  (min([args.fold_seed, *(args.fold_seeds or [])]) < 0, "fold seeds must be >= 0"),
                  (len(set(args.fold_seeds or [])) != len(args.fold_seeds or []), f"--fold-seeds {args.fold_seeds}: "
                   "a seed given twice")])
-    for option in PATH_OPTIONS:
-        value = getattr(args, option)
-        setattr(args, option, None if value is None else Path(value).expanduser().resolve())
-    return args
+    return with_options(args, **{option: _absolute(getattr(args, option)) for option in PATH_OPTIONS})
+
+
+def _absolute(value: Path | None) -> Path | None:
+    """A path option as an absolute path (None stays None)."""
+    return None if value is None else Path(value).expanduser().resolve()
 
 
 def main(argv=None, runner: Runner = run_child) -> dict[str, float]:

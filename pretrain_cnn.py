@@ -13,10 +13,10 @@ Writes runs/<experiment>/ (see lib/stages/pretrain.py for the layout).
 import argparse
 
 from lib.core.cli import run_main
-from lib.core.config import ArgParser, add_run_args, config_dict, parse_config
+from lib.core.config import ArgParser, add_run_args, parse_config
 from lib.core.paths import RUNS_DIR
 from lib.core.runs import create_run
-from lib.stages.context import load_stage_data
+from lib.stages.context import load_run_inputs, run_config
 from lib.stages.options import add_pretrain_args, check_pretrain_ranges
 
 
@@ -31,14 +31,14 @@ def main(argv: list[str] | None = None) -> dict:
     """Validate the options and data, then pretrain (or resume); return the encoder record."""
     args = parse_config(build_parser(), argv)
     check_pretrain_ranges(args)
-    dataset = load_stage_data(args)
+    dataset, inputs = load_run_inputs(args)
     from lib.stages.pretrain import ENCODER, check_data, check_options, run_pretrain  # torch, timm: after the checks
     backbone, data_config, device = check_options(args)
     check_data(args, dataset)
-    args.experiment = args.experiment or "pretrain"
-    run_dir = create_run((args.runs_dir or RUNS_DIR) / args.experiment, config_dict(args), resume=args.resume)
+    inputs = inputs.named(args.experiment or "pretrain")
+    run_dir = create_run((args.runs_dir or RUNS_DIR) / inputs.experiment, run_config(args, inputs), resume=args.resume)
     record = run_pretrain(args, dataset, run_dir, backbone, data_config, device)
-    print(f"{args.experiment}: {record['epochs']} epochs of {record['objective']} on {record['n_cells']} cells (scope "
+    print(f"{inputs.experiment}: {record['epochs']} epochs of {record['objective']} on {record['n_cells']} cells (scope "
           f"{record['scope']}, {record['precision']}), final loss {record['loss_per_epoch'][-1]:.3f}, "
           f"{record['img_per_s']:.0f} img/s -> {run_dir / ENCODER}")
     return record

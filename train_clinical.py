@@ -11,7 +11,7 @@ import argparse
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, add_common_args, parse_config
 from lib.hpo.options import add_study_args
-from lib.stages.context import load_stage_data, open_stage
+from lib.stages.context import load_run_inputs, open_stage
 from lib.stages.options import add_clinical_args, check_clinical_options
 
 
@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
         return run_study(args, parser, clinical_plan())
     check_clinical_options(args)  # every setting and the data are checked before the run directory exists
     from lib.stages.clinical import train_clinical  # scikit-learn: after the checks (never torch)
-    stage = open_stage(args, default_experiment="clinical", dataset=load_stage_data(args))
+    stage = open_stage(args, default_experiment="clinical", loaded=load_run_inputs(args))
     metrics = train_clinical(stage)
-    print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
+    print(f"{stage.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
           f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds, threshold 0.5) "
           f"-> {stage.run_dir}")
     return metrics

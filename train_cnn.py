@@ -15,7 +15,7 @@ import argparse
 from lib.core.cli import run_main
 from lib.core.config import ArgParser, add_common_args, parse_config
 from lib.hpo.options import add_study_args
-from lib.stages.context import load_stage_data, open_stage
+from lib.stages.context import load_run_inputs, open_stage
 from lib.stages.options import add_cnn_args, check_cnn_ranges
 
 
@@ -39,17 +39,17 @@ def main(argv: list[str] | None = None) -> dict:
         from lib.hpo.runner import run_study
         return run_study(args, parser, cnn_plan())
     check_cnn_ranges(args)
-    dataset = load_stage_data(args)
+    dataset, inputs = load_run_inputs(args)
     from lib.stages.cnn import check_data, check_options, run_cnn  # torch, timm, albumentations
     setup = check_options(args)
     check_data(args, dataset)
-    stage = open_stage(args, default_experiment=f"cnn_{args.regime}", dataset=dataset)
+    stage = open_stage(args, default_experiment=f"cnn_{args.regime}", loaded=(dataset, inputs))
     metrics = run_cnn(stage, setup)
     if "ba_mean" in metrics:
-        print(f"{stage.args.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
+        print(f"{stage.experiment}: OOF BA {metrics['ba_mean']:.3f}±{metrics['ba_std']:.3f} "
               f"AUC {metrics['auc_mean']:.3f}±{metrics['auc_std']:.3f} (mean±std over folds) -> {stage.run_dir}")
     else:
-        print(f"{stage.args.experiment}: folds {metrics['folds_done']} done -> {stage.run_dir}")
+        print(f"{stage.experiment}: folds {metrics['folds_done']} done -> {stage.run_dir}")
     return metrics
 
 

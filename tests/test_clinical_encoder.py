@@ -50,7 +50,7 @@ def test_the_projection_is_sklearns_fitted_on_the_training_rows_and_survives_jso
     scaler = StandardScaler().fit(block[:14])
     expected = PCA(4, whiten=True, random_state=0).fit(scaler.transform(block[:14])).transform(scaler.transform(block))
     assert np.allclose(out.filter(like="pc").to_numpy(), expected, atol=1e-9)
-    again = BlockProjection.from_params(json.loads(json.dumps(fitted.params()))).transform(table)
+    again = BlockProjection.from_dict(json.loads(json.dumps(fitted.to_dict()))).transform(table)
     assert again.equals(out)  # the same numbers after a JSON round trip
     moved = table.copy()
     moved.loc[table.index[14:], "enc_e0"] += 100.0  # rows outside the training rows do not move the fit

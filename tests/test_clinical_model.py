@@ -80,7 +80,8 @@ def test_clinical_model_fits_only_on_the_training_patients(cohort, tmp_path, mon
 
     monkeypatch.setattr(clinical_model, "make_model", spying_make)
     features = feature_table(stage.dataset, "clinical")
-    fit_predict = clinical_stage.make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, 0, 3)
+    fit_predict = clinical_stage.make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir,
+                                                  clinical_stage.ClinicalFit(seed=0, n_inner=3))
     cross_validate(stage, fit_predict, folds_to_run=[1, 3])
     folds = stage.folds.set_index("ID")["fold"]
     assert len(fitted_on) == 2
@@ -178,8 +179,8 @@ def test_the_saved_numbers_score_like_the_fitted_pipeline(C, penalty):
     y = pd.Series((X["age"] + rng.normal(size=40) > 0).astype(int))
     X.iloc[3, 1] = np.nan  # imputed with the training median
     model = estimator.make_model(estimator.inner_splits(y, 3), 0, C, penalty).fit(X, y)
-    params = estimator.model_params(model, list(X.columns))
+    params = estimator.to_dict(model, list(X.columns))
     new = X.sample(frac=1.0, random_state=1)[["gender_m", "age", "log_lymph"]]  # other column order
     new.iloc[0, 0] = np.nan
     expected = estimator.positive_proba(model, new[list(X.columns)])
-    assert np.abs(estimator.params_proba(params, new) - expected).max() < 1e-12
+    assert np.abs(estimator.proba_from_dict(params, new) - expected).max() < 1e-12

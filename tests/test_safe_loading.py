@@ -9,7 +9,7 @@ import torch
 from test_predict import ensemble_dir
 
 from lib.cnn.common import load_training_state, rng_states, set_rng_states
-from lib.cnn.embed_mil import fit_prep, fitted_from_state, fitted_state
+from lib.cnn.embed_mil import fit_prep, fitted_from_dict, fitted_to_dict
 from lib.core.cli import run_in_process
 from lib.core.errors import DataError
 from lib.core.io import atomic_torch_save, read_checkpoint
@@ -57,8 +57,8 @@ def test_fitted_preprocessing_round_trips_as_plain_arrays(tmp_path):
     cells = rng.normal(size=(200, 12)).astype(np.float32)
     fitted = {"prep": fit_prep(cells, 5, seed=1), "anomaly_model": fit_anomaly_model(cells[:80], 2, seed=1, pca_dim=6),
               "clinical_stats": {"age": {"mean": 60.0, "std": 12.0}}}
-    atomic_torch_save(fitted_state(fitted), tmp_path / "head.pt")
-    back = fitted_from_state(read_checkpoint(tmp_path / "head.pt"))
+    atomic_torch_save(fitted_to_dict(fitted), tmp_path / "head.pt")
+    back = fitted_from_dict(read_checkpoint(tmp_path / "head.pt"))
     new = rng.normal(size=(30, 12)).astype(np.float32)
     assert np.array_equal(back["prep"](new), fitted["prep"](new))
     assert np.array_equal(anomaly_scores(back["anomaly_model"], new), anomaly_scores(fitted["anomaly_model"], new))

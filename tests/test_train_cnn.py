@@ -86,7 +86,7 @@ def test_fold_subset_then_resume_runs_only_the_missing_folds(data_dir, tmp_path,
     assert not (out / "oof.csv").exists() and set(pd.read_csv(out / "log.csv")["fold"]) == {0, 1}
     trained = []
     real = embed_mil.train_fold
-    monkeypatch.setattr(embed_mil, "train_fold", lambda *a: trained.append(a[-1]) or real(*a))
+    monkeypatch.setattr(embed_mil, "train_fold", lambda *a, **kw: trained.append(kw["fold"]) or real(*a, **kw))
     run(data_dir, tmp_path, "r", "--resume")
     assert trained == [2]
     assert len(pd.read_csv(out / "oof.csv")) == N_TRAIN and len(pd.read_csv(out / "cells.csv")) > 0

@@ -61,14 +61,14 @@ class CellPrep:
             z = self.pca.transform(z.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
         return z.astype(np.float32)
 
-    def state(self) -> dict:
-        """Plain arrays, for a head.pt (see ``from_state``)."""
-        return {"mean": self.mean, "std": self.std, **({"pca": self.pca.state()} if self.pca is not None else {})}
+    def to_dict(self) -> dict:
+        """Plain arrays, for a head.pt (see ``from_dict``)."""
+        return {"mean": self.mean, "std": self.std, **({"pca": self.pca.to_dict()} if self.pca is not None else {})}
 
     @classmethod
-    def from_state(cls, state: dict) -> CellPrep:
+    def from_dict(cls, state: dict) -> CellPrep:
         """Rebuild from ``state()``."""
-        pca = WhitenedPCA.from_state(state["pca"]) if "pca" in state else None
+        pca = WhitenedPCA.from_dict(state["pca"]) if "pca" in state else None
         return cls(np.asarray(state["mean"]), np.asarray(state["std"]), pca)
 
 
@@ -99,7 +99,7 @@ def reactive_train_cells(emb: Embeddings, dataset: Dataset, train_ids) -> np.nda
     return np.concatenate([emb.stack(pid, ["v0"])[0] for pid in reactive])
 
 
-def prepare_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, score_ids, seed: int,
+def prepare_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, *, train_ids, score_ids, seed: int,
                  with_anomaly: bool) -> FoldData:
     """Fit the fold's preprocessing on training patients and build every patient's tensors."""
     raw = {pid: emb.stack(pid, emb.spec.train_views) for pid in train_ids}
@@ -183,7 +183,7 @@ def score_patient(head: torch.nn.Module, data: FoldData, pid: str, s: HeadSettin
     return score_bag(head, x, clinical, anomaly, subsets)
 
 
-def score_patients(head: torch.nn.Module, data: FoldData, emb: Embeddings, pids, role: str, s: HeadSettings,
+def score_patients(head: torch.nn.Module, data: FoldData, emb: Embeddings, s: HeadSettings, *, pids, role: str,
                    fold: int) -> tuple[pd.Series, pd.DataFrame]:
     """Probabilities (Series by ID) and per-cell weight table of a set of patients."""
     head.eval()
@@ -195,41 +195,42 @@ def score_patients(head: torch.nn.Module, data: FoldData, emb: Embeddings, pids,
     return pd.Series(probs, name="proba").rename_axis("ID"), pd.concat(tables, ignore_index=True)
 
 
-def train_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, train_ids, valid_ids, test_ids,
+def train_fold(emb: Embeddings, dataset: Dataset, s: HeadSettings, *, train_ids, valid_ids, test_ids,
                fold: int) -> FoldResult:
     """Fit a head on the training patients of a fold; score its validation and test patients."""
     seed = fold_seed(s.seed, fold)
     seed_everything(seed)
     rng = np.random.default_rng(seed)
     train_ids = list(train_ids)
-    data = prepare_fold(emb, dataset, s, train_ids, list(valid_ids) + list(test_ids), seed, s.head == "anomaly")
+    data = prepare_fold(emb, dataset, s, train_ids=train_ids, score_ids=list(valid_ids) + list(test_ids), seed=seed,
+                        with_anomaly=s.head == "anomaly")
     in_dim = next(iter(data.x.values())).shape[-1]
     clinical_dim, fusion = clinical_inputs(s.clinical_fusion)
     head = create_head(s.head, in_dim, clinical_dim=clinical_dim, fusion=fusion, **s.head_args)
     history = train_head(head, data, train_ids, s, rng, fold)
-    valid, valid_cells = score_patients(head, data, emb, valid_ids, "valid", s, fold)
-    test, test_cells = score_patients(head, data, emb, test_ids, "test", s, fold)
+    valid, valid_cells = score_patients(head, data, emb, s, pids=valid_ids, role="valid", fold=fold)
+    test, test_cells = score_patients(head, data, emb, s, pids=test_ids, role="test", fold=fold)
     log.info("fold %d: head %s trained %d epochs in %.1f s (last loss %.3f)", fold, s.head, s.epochs,
              history["seconds"].sum(), history["train_loss"].iloc[-1])
     state = {"head": head.state_dict(), "head_name": s.head, "head_args": s.head_args, "in_dim": in_dim,
              "clinical_fusion": s.clinical_fusion,
-             "embedding": emb.spec.__dict__, **fitted_state(data.fitted)}
+             "embedding": emb.spec.__dict__, **fitted_to_dict(data.fitted)}
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
 
 
-def fitted_state(fitted: dict) -> dict:
-    """A fold's fitted preprocessing as plain arrays and numbers (what a head.pt holds; see ``fitted_from_state``)."""
+def fitted_to_dict(fitted: dict) -> dict:
+    """A fold's fitted preprocessing as plain arrays and numbers (what a head.pt holds; see ``fitted_from_dict``)."""
     state = {k: v for k, v in fitted.items() if k == "clinical_stats"}
-    state.update({k: fitted[k].state() for k in ("prep", "anomaly_model") if k in fitted})
+    state.update({k: fitted[k].to_dict() for k in ("prep", "anomaly_model") if k in fitted})
     return state
 
 
-def fitted_from_state(state: dict) -> dict:
-    """The fitted preprocessing of a head.pt (the inverse of ``fitted_state``)."""
+def fitted_from_dict(state: dict) -> dict:
+    """The fitted preprocessing of a head.pt (the inverse of ``fitted_to_dict``)."""
     fitted = {k: v for k, v in state.items() if k == "clinical_stats"}
-    fitted["prep"] = CellPrep.from_state(state["prep"])
+    fitted["prep"] = CellPrep.from_dict(state["prep"])
     if "anomaly_model" in state:
-        fitted["anomaly_model"] = AnomalyModel.from_state(state["anomaly_model"])
+        fitted["anomaly_model"] = AnomalyModel.from_dict(state["anomaly_model"])
     return fitted
 
 
@@ -244,7 +245,7 @@ def head_from_state(state: dict) -> torch.nn.Module:
 def fold_data_from_state(state: dict, emb: Embeddings, dataset: Dataset, pids) -> FoldData:
     """Scoring tensors of some patients with a trained fold's fitted preprocessing (no refitting)."""
     raw = {pid: emb.stack(pid, emb.spec.eval_views) for pid in pids}
-    fitted = fitted_from_state(state)
+    fitted = fitted_from_dict(state)
     return FoldData(*fitted_tensors(raw, fitted, dataset), dataset.patients["LABEL"], fitted)
 
 
@@ -253,4 +254,4 @@ def predict_fold(state: dict, emb: Embeddings, dataset: Dataset, s: HeadSettings
     """Probabilities and cell weights of new patients from a saved fold (head.pt), exactly as at training."""
     pids = list(pids)
     data = fold_data_from_state(state, emb, dataset, pids)
-    return score_patients(head_from_state(state), data, emb, pids, "predict", s, fold)
+    return score_patients(head_from_state(state), data, emb, s, pids=pids, role="predict", fold=fold)

@@ -227,7 +227,7 @@ def compute_embeddings(dataset: Dataset, spec: EmbedSpec, job: EmbedJob, cache_d
     arrays, seconds, computed = {}, 0.0, 0
     for view in tqdm(views, desc="embedding views", unit="view", disable=not job.progress):
         cells = covered_cells(images.index, view)
-        array, took = _load_or_embed(images, cells, view, spec, job, model, cache_dir)
+        array, took = _load_or_embed(images, cells, view, spec=spec, job=job, model=model, cache_dir=cache_dir)
         arrays[view] = _full_rows(array, cells, len(images.index))
         if took is not None:
             seconds, computed = seconds + took, computed + len(cells)
@@ -236,7 +236,7 @@ def compute_embeddings(dataset: Dataset, spec: EmbedSpec, job: EmbedJob, cache_d
     return Embeddings(images.index, arrays, spec, seconds, computed)
 
 
-def _load_or_embed(images: ImageCache, cells: pd.DataFrame, view: str, spec: EmbedSpec, job: EmbedJob,
+def _load_or_embed(images: ImageCache, cells: pd.DataFrame, view: str, *, spec: EmbedSpec, job: EmbedJob,
                    model: torch.nn.Module, cache_dir: Path) -> tuple[np.ndarray, float | None]:
     """One view from the cache, or computed and cached (then also its duration)."""
     array_path, index_path = view_paths(spec, view, cache_dir)
@@ -245,12 +245,13 @@ def _load_or_embed(images: ImageCache, cells: pd.DataFrame, view: str, spec: Emb
         with build_lock(array_path):  # a second process on this cold cache waits, then reuses the first's view
             cached = _read_view(array_path, index_path, cells, quiet=True)
             if cached is None:
-                return _embed_view(images, cells, view, spec, job, model, array_path, index_path)
+                return _embed_view(images, cells, view, spec=spec, job=job, model=model, array_path=array_path,
+                                   index_path=index_path)
     log.debug("embedding cache hit %s", array_path)
     return cached, None
 
 
-def _embed_view(images: ImageCache, cells: pd.DataFrame, view: str, spec: EmbedSpec, job: EmbedJob,
+def _embed_view(images: ImageCache, cells: pd.DataFrame, view: str, *, spec: EmbedSpec, job: EmbedJob,
                 model: torch.nn.Module, array_path: Path, index_path: Path) -> tuple[np.ndarray, float]:
     """Embed one view's cells and cache them; returns the array and the seconds it took."""
     start = time.perf_counter()

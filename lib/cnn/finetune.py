@@ -231,7 +231,7 @@ def fold_model(backbone: nn.Module, s: FinetuneSettings, fold: int, device: torc
     return build_model(backbone, s).to(device, memory_format=torch.channels_last)
 
 
-def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dataset, s: FinetuneSettings,
+def train_fold(make_backbone, s: FinetuneSettings, *, cache: ImageCache, data_config: dict, dataset: Dataset,
                device: torch.device, train_ids, valid_ids, test_ids, fold: int, fold_dir: Path) -> FoldResult:
     """Finetune a fresh model on a fold's training patients (resuming if possible); score its valid/test patients."""
     seed_everything(fold_seed(s.seed, fold))
@@ -249,8 +249,8 @@ def train_fold(make_backbone, cache: ImageCache, data_config: dict, dataset: Dat
     return FoldResult(valid, test, pd.concat([valid_cells, test_cells], ignore_index=True), history, state)
 
 
-def predict_fold(state: dict, backbone: nn.Module, cache: ImageCache, data_config: dict, dataset: Dataset,
-                 s: FinetuneSettings, device: torch.device, pids, fold: int) -> tuple[pd.Series, pd.DataFrame]:
+def predict_fold(state: dict, backbone: nn.Module, s: FinetuneSettings, *, cache: ImageCache, data_config: dict,
+                 dataset: Dataset, device: torch.device, pids, fold: int) -> tuple[pd.Series, pd.DataFrame]:
     """Probabilities and cell weights of new patients from a saved fold (model.pt), scored as at training."""
     model = fold_model(backbone, s, fold, device)
     model.load_state_dict(state["model"])

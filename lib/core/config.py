@@ -142,7 +142,16 @@ def _convert(where: str, action: argparse.Action, value):
     return value
 
 
-def config_dict(args: argparse.Namespace) -> dict:
-    """Resolved settings as plain YAML-safe values (paths as strings, a storage URL without its password)."""
+def config_dict(args: argparse.Namespace, resolved: dict | None = None) -> dict:
+    """Resolved settings as plain YAML-safe values (paths as strings, a storage URL without its password).
+
+    ``resolved``: values a stage resolved (data directory, run name, ...) that take their option's place, or
+    follow the options when they are not options; ``args`` itself is never changed."""
     from lib.core.storage import safe_url
-    return {k: (str(v) if isinstance(v, Path) else safe_url(v) if k == "storage" else v) for k, v in vars(args).items()}
+    values = {**vars(args), **(resolved or {})}
+    return {k: (str(v) if isinstance(v, Path) else safe_url(v) if k == "storage" else v) for k, v in values.items()}
+
+
+def with_options(args: argparse.Namespace, **values) -> argparse.Namespace:
+    """A new options object with ``values`` replacing (or following) the options of ``args`` (left unchanged)."""
+    return argparse.Namespace(**{**vars(args), **values})

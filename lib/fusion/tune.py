@@ -86,7 +86,7 @@ def fit_fusion(probas: pd.DataFrame, target: pd.Series, fusion: str, study, n_tr
     return equal_fusion(probas, target) if fusion == "equal" else tune(probas, target, study, n_trials, desc)
 
 
-def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, n_trials: int, seed: int,
+def nested_estimate(runs: RunSet, run_dir: Path, study_name: str, *, n_trials: int, seed: int,
                     policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> dict:
     """Honest BA: for each fold k, tune on the OOF of the other folds, score fold k at the ``policy``'s threshold
     (every policy is reported too); mean±std over folds.
@@ -161,8 +161,9 @@ def is_clinical_run(config: dict) -> bool:
     return config.get("stage") == "clinical"
 
 
-def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: int, nested_trials: int,
-                      seed: int, policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> tuple[FusionParams, pd.Series, dict]:
+def tune_and_estimate(runs: RunSet, study, run_dir: Path, *, name: str, n_trials: int, nested_trials: int,
+                      seed: int, policy: str = "tuned",
+                      fusion: str = DEFAULT_FUSION) -> tuple[FusionParams, pd.Series, dict]:
     """Tune the fusion on all OOF, estimate it honestly, compare with each model: (best, fused OOF, metrics).
 
     ``policy``: the submitted threshold is the searched one (``tuned``), 0.5, or the OOF prevalence quantile;
@@ -175,7 +176,8 @@ def tune_and_estimate(runs: RunSet, study, run_dir: Path, name: str, n_trials: i
     metrics = {"in_sample": {"pooled_ba": fused_ba(runs.oof, runs.target, best, runs.oof),
                              "auc": binary_scores(runs.target, fused)["auc"],
                              **per_fold_ba(fused, runs.target, runs.fold, best.threshold)},
-               "nested": nested_estimate(runs, run_dir, name, nested_trials, seed, policy, fusion),
+               "nested": nested_estimate(runs, run_dir, name, n_trials=nested_trials, seed=seed, policy=policy,
+                                         fusion=fusion),
                "equal_weight_prob_mean_0.5": per_fold_ba(fuse(runs.oof, FusionParams({})), runs.target, runs.fold, 0.5),
                "models": {n: model_baseline(runs.oof[n], runs.target, runs.fold) for n in runs.names},
                "clinical_runs": [n for n, c in zip(runs.names, runs.configs) if is_clinical_run(c)],

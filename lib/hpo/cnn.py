@@ -16,6 +16,7 @@ import inspect
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lib.cnn.settings import STRENGTHS
+from lib.core.config import with_options
 from lib.data.dataset import Dataset
 from lib.hpo.runner import StudyPlan
 from lib.hpo.space import Param
@@ -63,10 +64,9 @@ def cnn_space(args: argparse.Namespace, dataset: Dataset) -> list[Param]:
 
 
 def drop_foreign_head_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Keep only the --head-args keys the chosen head accepts (e.g. no k for the mean head)."""
+    """The options with only the --head-args keys the chosen head accepts (e.g. no k for the mean head)."""
     accepted = _head_options(args.head)
-    args.head_args = {k: v for k, v in (args.head_args or {}).items() if k in accepted}
-    return args
+    return with_options(args, head_args={k: v for k, v in (args.head_args or {}).items() if k in accepted})
 
 
 def check_trial(args: argparse.Namespace, dataset: Dataset):

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-from lib.core.config import config_dict
+from lib.core.config import with_options
 from lib.core.errors import DataError
 from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from lib.core.metrics import fold_metrics
@@ -51,7 +51,7 @@ from lib.data.dataset import Dataset
 from lib.data.folds import load_folds
 from lib.hpo.options import STUDY_OPTIONS
 from lib.hpo.space import Param, apply, current_values, suggest
-from lib.stages.context import OnFold, Stage, folds_dir, load_stage_data
+from lib.stages.context import OnFold, RunInputs, Stage, folds_dir, load_run_inputs, run_config
 
 log = logging.getLogger(__name__)
 NOT_EXPORTED = {"help", "config", "experiment", "runs_dir", "folds_dir", "resume", "verbose", "progress", "folds", *STUDY_OPTIONS}
@@ -82,7 +82,7 @@ class StudyPlan:
 def run_study(args: argparse.Namespace, parser: argparse.ArgumentParser, plan: StudyPlan) -> dict:
     """Run (or resume, or join) the study; write best.yaml, the summary and plots; return the summary."""
     _check_study_args(args)
-    dataset, folds = _load_data(args)
+    dataset, inputs, folds = _load_data(args)
     study_dir = Path(args.runs_dir or RUNS_DIR) / args.study
     study_dir.mkdir(parents=True, exist_ok=True)
     attach_log_file(study_dir / "log.txt")
@@ -91,11 +91,13 @@ def run_study(args: argparse.Namespace, parser: argparse.ArgumentParser, plan: S
     pruner = make_pruner(args.prune is not False)
     study = open_study(args.study, args.storage, study_dir, args.seed, pruner=pruner,
                        heartbeat_interval=args.heartbeat or HEARTBEAT_INTERVAL_S)
-    _check_same_base(study, base_config(args), args.storage or default_storage(study_dir))
+    _check_same_base(study, base_config(args, inputs), args.storage or default_storage(study_dir))
     enqueue_current(study, space, args)
-    objective = make_objective(args, dataset, folds, plan, space, study_dir)
+    objective = make_objective(args, inputs, dataset=dataset, folds=folds, plan=plan, space=space,
+                               study_dir=study_dir)
     run_trials(study, objective, args.trials, desc=f"study {args.study}", catch=CAUGHT)
-    return finish_study(study, args, parser, plan, space, dataset, study_dir)
+    return finish_study(study, args, inputs, parser=parser, plan=plan, space=space, dataset=dataset,
+                        study_dir=study_dir)
 
 
 def _check_study_args(args: argparse.Namespace) -> None:
@@ -112,10 +114,11 @@ def _check_study_args(args: argparse.Namespace) -> None:
                     "the same command resumes the study", args.study)
 
 
-def _load_data(args: argparse.Namespace) -> tuple[Dataset, pd.DataFrame]:
-    """Data and committed folds, loaded once for every trial (the same loaders as lib.stages.context.open_stage)."""
-    dataset = load_stage_data(args)
-    return dataset, load_folds(dataset, args.n_folds, args.fold_seed, folds_dir(args))
+def _load_data(args: argparse.Namespace) -> tuple[Dataset, RunInputs, pd.DataFrame]:
+    """Data, what a run records of it and the committed folds, loaded once for every trial (the same loaders as
+    lib.stages.context.open_stage)."""
+    dataset, inputs = load_run_inputs(args)
+    return dataset, inputs, load_folds(dataset, args.n_folds, args.fold_seed, folds_dir(args))
 
 
 def make_pruner(prune: bool) -> optuna.pruners.BasePruner:
@@ -125,9 +128,9 @@ def make_pruner(prune: bool) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=1)
 
 
-def base_config(args: argparse.Namespace) -> dict:
+def base_config(args: argparse.Namespace, inputs: RunInputs) -> dict:
     """Settings every trial of a study shares (machine-specific paths and study options left out)."""
-    config = {k: v for k, v in config_dict(args).items() if k not in NOT_COMPARED}
+    config = {k: v for k, v in run_config(args, inputs).items() if k not in NOT_COMPARED}
     return json.loads(json.dumps(config, default=str))
 
 
@@ -162,14 +165,15 @@ def skip_duplicate_current(trial: optuna.Trial) -> None:
 
 
 # ----------------------------------------------------------------------------- one trial
-def make_objective(args: argparse.Namespace, dataset: Dataset, folds: pd.DataFrame, plan: StudyPlan,
-                   space: list[Param], study_dir: Path) -> Callable[[optuna.Trial], float]:
+def make_objective(args: argparse.Namespace, inputs: RunInputs, *, dataset: Dataset, folds: pd.DataFrame,
+                   plan: StudyPlan, space: list[Param], study_dir: Path) -> Callable[[optuna.Trial], float]:
     """Objective: the CV BA (mean over folds) of the trial's settings, run as a normal run directory."""
     def objective(trial: optuna.Trial) -> float:
         skip_duplicate_current(trial)
-        trial_args = trial_settings(args, plan, space, suggest(trial, space, args), trial.number)
+        trial_args = trial_settings(args, plan, space, suggest(trial, space, args))
         setup = plan.check(trial_args, dataset)
-        stage = open_trial_stage(trial, trial_args, dataset, folds, study_dir / f"trial_{trial.number}")
+        stage = open_trial_stage(trial, trial_args, inputs.named(f"{args.study}/trial_{trial.number}"),
+                                 dataset=dataset, folds=folds, run_dir=study_dir / f"trial_{trial.number}")
         run_dir = stage.run_dir
         start, outcome = time.perf_counter(), ("FAIL", None, "interrupted")
         try:
@@ -190,25 +194,23 @@ def make_objective(args: argparse.Namespace, dataset: Dataset, folds: pd.DataFra
     return objective
 
 
-def trial_settings(args: argparse.Namespace, plan: StudyPlan, space: list[Param], values: dict,
-                   number: int) -> argparse.Namespace:
-    """The script's settings with the trial's values applied, named as the trial's run."""
+def trial_settings(args: argparse.Namespace, plan: StudyPlan, space: list[Param], values: dict) -> argparse.Namespace:
+    """New options: the script's settings with the trial's values applied (``args`` is left unchanged)."""
     trial_args = plan.fixup(apply(args, space, values))
-    trial_args.experiment = f"{args.study}/trial_{number}"
-    trial_args.storage = safe_url(args.storage)
-    if hasattr(trial_args, "progress"):
-        trial_args.progress = False  # the study's bar and the fold bar are enough
-    return trial_args
+    quiet = {"progress": False} if hasattr(trial_args, "progress") else {}  # the study's bar and the fold bar are enough
+    return with_options(trial_args, storage=safe_url(args.storage), **quiet)
 
 
-def open_trial_stage(trial: optuna.Trial, trial_args: argparse.Namespace, dataset: Dataset, folds: pd.DataFrame,
-                     run_dir: Path) -> Stage:
-    """Create the trial's run directory (as open_stage does for a run) and its fold-reporting stage."""
+def open_trial_stage(trial: optuna.Trial, trial_args: argparse.Namespace, inputs: RunInputs, *, dataset: Dataset,
+                     folds: pd.DataFrame, run_dir: Path) -> Stage:
+    """Create the trial's run directory (as open_stage does for a run, named ``inputs.experiment``) and its
+    fold-reporting stage."""
     trial.set_user_attr("run_dir", run_dir.name)
     trial.set_user_attr("worker", worker_id())
-    create_run(run_dir, config_dict(trial_args))
+    create_run(run_dir, run_config(trial_args, inputs))
     log.info("trial %d: run directory %s", trial.number, run_dir)
-    return Stage(trial_args, dataset, folds, run_dir, on_fold=pruning_hook(trial, int(folds["fold"].nunique())))
+    return Stage(trial_args, dataset, folds, run_dir, on_fold=pruning_hook(trial, int(folds["fold"].nunique())),
+                 experiment=inputs.experiment)
 
 
 def pruning_hook(trial: optuna.Trial, n_folds: int) -> OnFold:
@@ -235,13 +237,14 @@ def record_trial(trial: optuna.Trial, run_dir: Path, state: str, value: float | 
 
 
 # ----------------------------------------------------------------------------- results
-def finish_study(study: optuna.Study, args: argparse.Namespace, parser: argparse.ArgumentParser,
-                 plan: StudyPlan, space: list[Param], dataset: Dataset, study_dir: Path) -> dict:
+def finish_study(study: optuna.Study, args: argparse.Namespace, inputs: RunInputs, *,
+                 parser: argparse.ArgumentParser, plan: StudyPlan, space: list[Param], dataset: Dataset,
+                 study_dir: Path) -> dict:
     """Write best.yaml, study_summary.json, trials.csv and the plots; print the summary; return it."""
     summary = study_summary(study, args, dataset, study_dir, plan.script)
     if summary["best"] is not None:
         best = plan.fixup(apply(args, space, summary["best"]["params"]))
-        write_best_yaml(best, parser, summary, study_dir / "best.yaml")
+        write_best_yaml(run_config(best, inputs), parser, summary, study_dir / "best.yaml")
         summary["best_yaml"] = str(study_dir / "best.yaml")
     atomic_write_csv(study.trials_dataframe(), study_dir / "trials.csv")
     summary["plots"] = [p.name for p in save_study_plots(study, study_dir)]
@@ -299,14 +302,14 @@ def small_data_warning(summary: dict, n_reactive: int, n_tumoral: int) -> str:
             f"spread or below ~{2 * one['reactive']:.2f} as noise")
 
 
-def exported_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
-    """The options of a run (parser options only), without run location, study and display options."""
+def exported_settings(config: dict, parser: argparse.ArgumentParser) -> dict:
+    """The options of a run's config (parser options only), without run location, study and display options."""
     dests = {a.dest for a in parser._actions} - NOT_EXPORTED
-    return {k: v for k, v in config_dict(args).items() if k in dests}
+    return {k: v for k, v in config.items() if k in dests}
 
 
-def write_best_yaml(best: argparse.Namespace, parser: argparse.ArgumentParser, summary: dict, path: Path) -> Path:
-    """best.yaml: the best trial's full settings, a YAML config that reproduces its run."""
+def write_best_yaml(best: dict, parser: argparse.ArgumentParser, summary: dict, path: Path) -> Path:
+    """best.yaml: the best trial's full settings (its run config ``best``), a YAML config that reproduces its run."""
     b = summary["best"]
     header = (f"# Best trial {b['number']} of study {summary['study']!r}: CV BA {b['value']:.4f} (mean over folds, "
               f"threshold 0.5); its run: {b['run_dir']}\n"

@@ -66,16 +66,13 @@ def read_option(args: argparse.Namespace, option: str, fallback: Any = None) -> 
 
 
 def apply(args: argparse.Namespace, space: list[Param], values: dict) -> argparse.Namespace:
-    """A copy of the settings with the trial's values written into their options."""
-    out = copy.deepcopy(args)
-    options = {p.name: p.option for p in space}
+    """A new (deep-copied) options object with the trial's values in their options; ``args`` is left unchanged."""
+    options = copy.deepcopy(vars(args))
+    names = {p.name: p.option for p in space}
     for name, value in values.items():
-        option, _, key = options[name].partition(".")
-        if key:
-            setattr(out, option, {**(getattr(out, option) or {}), key: value})
-        else:
-            setattr(out, option, value)
-    return out
+        option, _, key = names[name].partition(".")
+        options[option] = {**(options.get(option) or {}), key: value} if key else value
+    return argparse.Namespace(**options)
 
 
 def contains(d: BaseDistribution, value: Any) -> bool:

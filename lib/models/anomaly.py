@@ -16,7 +16,7 @@ from lib.models.pca import WhitenedPCA
 @dataclass
 class AnomalyModel:
     """Whitened PCA + a full-covariance GaussianMixture (its means and precision Cholesky factors) fitted on
-    reactive training cells, with score standardisation; plain arrays (``state``/``from_state``)."""
+    reactive training cells, with score standardisation; plain arrays (``to_dict``/``from_dict``)."""
 
     pca: WhitenedPCA
     means: np.ndarray
@@ -24,15 +24,15 @@ class AnomalyModel:
     score_mean: float
     score_std: float
 
-    def state(self) -> dict:
+    def to_dict(self) -> dict:
         """Plain arrays and numbers, for a head.pt."""
-        return {"pca": self.pca.state(), "means": self.means, "precisions_cholesky": self.precisions_cholesky,
+        return {"pca": self.pca.to_dict(), "means": self.means, "precisions_cholesky": self.precisions_cholesky,
                 "score_mean": self.score_mean, "score_std": self.score_std}
 
     @classmethod
-    def from_state(cls, state: dict) -> AnomalyModel:
+    def from_dict(cls, state: dict) -> AnomalyModel:
         """Rebuild from ``state()``."""
-        return cls(WhitenedPCA.from_state(state["pca"]), np.asarray(state["means"]),
+        return cls(WhitenedPCA.from_dict(state["pca"]), np.asarray(state["means"]),
                    np.asarray(state["precisions_cholesky"]), float(state["score_mean"]), float(state["score_std"]))
 
 

@@ -76,7 +76,7 @@ def positive_proba(model: Pipeline, X: pd.DataFrame) -> pd.Series:
     return pd.Series(model.predict_proba(X)[:, column], index=X.index)
 
 
-def model_params(model: Pipeline, feature_names: list[str]) -> dict:
+def to_dict(model: Pipeline, feature_names: list[str]) -> dict:
     """Everything scoring needs, as plain numbers: feature names, the imputer's medians, the scaler's mean and
     scale, the logistic coefficients and intercept (what a fold's ``model_<k>.json`` holds: data, not code)."""
     logreg, scale = model.named_steps["logreg"], model.named_steps["scale"]
@@ -87,11 +87,11 @@ def model_params(model: Pipeline, feature_names: list[str]) -> dict:
             "intercept": float(logreg.intercept_[0])}
 
 
-def params_proba(params: dict, X: pd.DataFrame) -> pd.Series:
-    """P(tumoral) per patient from ``model_params`` (the same operations as the fitted Pipeline), after the fold's
-    projection of a wide column block when it has one (``params["projection"]``, lib.models.projection)."""
+def proba_from_dict(params: dict, X: pd.DataFrame) -> pd.Series:
+    """P(tumoral) per patient from a fitted model's ``to_dict`` (the same operations as the fitted Pipeline), after
+    the fold's projection of a wide column block when it has one (``params["projection"]``, lib.models.projection)."""
     if "projection" in params:
-        X = BlockProjection.from_params(params["projection"]).transform(X)
+        X = BlockProjection.from_dict(params["projection"]).transform(X)
     missing = [f for f in params["features"] if f not in X.columns]
     if missing:
         raise DataError(f"clinical model: features {', '.join(missing)} are not in the feature table")

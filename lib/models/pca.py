@@ -39,11 +39,11 @@ class WhitenedPCA:
         z -= np.reshape(self.mean, (1, -1)) @ self.components.T
         return z / self.scale
 
-    def state(self) -> dict:
-        """Plain arrays, for a checkpoint (see ``from_state``)."""
+    def to_dict(self) -> dict:
+        """Plain arrays, for a checkpoint (see ``from_dict``)."""
         return {"mean": self.mean, "components": self.components, "scale": self.scale}
 
     @classmethod
-    def from_state(cls, state: dict) -> WhitenedPCA:
+    def from_dict(cls, state: dict) -> WhitenedPCA:
         """Rebuild from ``state()`` (numpy arrays or tensors)."""
         return cls(*(np.asarray(state[k]) for k in ("mean", "components", "scale")))

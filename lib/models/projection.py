@@ -55,16 +55,16 @@ class BlockProjection:
         components = pd.DataFrame(self.pca.transform(x), index=table.index, columns=self.names)
         return table.drop(columns=self.columns).join(components)
 
-    def params(self) -> dict:
-        """Plain lists (JSON), read back by ``from_params``."""
+    def to_dict(self) -> dict:
+        """Plain lists (JSON), read back by ``from_dict``."""
         return {"columns": self.columns, "prefix": self.prefix, "mean": self.mean.tolist(), "std": self.std.tolist(),
                 "components": self.pca.components.tolist(), "scale": self.pca.scale.tolist(),
                 "pca_mean": self.pca.mean.tolist()}
 
     @classmethod
-    def from_params(cls, params: dict) -> BlockProjection:
-        """Rebuild from ``params()``."""
-        pca = WhitenedPCA.from_state({"mean": params["pca_mean"], "components": params["components"],
+    def from_dict(cls, params: dict) -> BlockProjection:
+        """Rebuild from ``to_dict()``."""
+        pca = WhitenedPCA.from_dict({"mean": params["pca_mean"], "components": params["components"],
                                       "scale": params["scale"]})
         return cls(list(params["columns"]), np.asarray(params["mean"]), np.asarray(params["std"]), pca,
                    params["prefix"])

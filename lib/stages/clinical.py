@@ -29,35 +29,41 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Projection:
-    """The fold-fitted reduction of the pooled encoder block: its components and the encoder's identity."""
+class ClinicalFit:
+    """How each fold fits the clinical model: seed, inner CV folds choosing C (when C is not fixed), C and penalty;
+    for an encoder feature set, the encoder's identity (weights tag and pooling, checked by predict.py against the
+    encoder it would use) and how many principal components the pooled encoder block is reduced to (a
+    lib.models.projection.BlockProjection fitted on each fold's training patients)."""
 
-    n_components: int
-    encoder: dict  # weights tag and pooling, checked by predict.py against the encoder it would use
+    seed: int
+    n_inner: int = 5
+    C: str | float | None = None
+    penalty: str | None = None
+    encoder: dict | None = None  # None: no encoder block
+    encoder_pca: int | None = None
 
 
-def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, seed: int,
-                     n_inner: int = 5, C: str | float | None = None, penalty: str | None = None,
-                     projection: Projection | None = None) -> FitPredict:
+def make_fit_predict(features: pd.DataFrame, labels: pd.Series, run_dir: Path, fit: ClinicalFit) -> FitPredict:
     """Per-fold fit/predict for lib.stages.cv: fits on the train IDs only (the encoder block's projection too),
     saves the fold's coefficients."""
     def fit_predict(train: pd.Index, valid: pd.Index, test: pd.Index, fold: int):
         y = labels.loc[train].astype(int)
         table, extra = features, {}
-        if projection is not None:
+        if fit.encoder is not None:
             block = [c for c in features.columns if c.startswith(ENCODER_PREFIX)]
-            fitted = BlockProjection.fit(features.loc[train], block, projection.n_components, seed, ENCODER_PREFIX)
+            fitted = BlockProjection.fit(features.loc[train], block, fit.encoder_pca, fit.seed, ENCODER_PREFIX)
             table = fitted.transform(features)
-            extra = {"projection": fitted.params(), "encoder": projection.encoder}
-        n_inner_used = estimator.inner_splits(y, n_inner) if C in (None, estimator.INNER_CV) else 0
-        model = estimator.make_model(n_inner_used, seed, C, penalty).fit(table.loc[train], y)
+            extra = {"projection": fitted.to_dict(), "encoder": fit.encoder}
+        n_inner_used = estimator.inner_splits(y, fit.n_inner) if fit.C in (None, estimator.INNER_CV) else 0
+        model = estimator.make_model(n_inner_used, fit.seed, fit.C, fit.penalty).fit(table.loc[train], y)
         coef = {"fold": fold, **estimator.coefficients(model, list(table.columns))}
         atomic_write_json(coef, Path(run_dir) / "folds" / f"coefficients_{fold}.json")
-        params = {**estimator.model_params(model, list(table.columns)), **extra}
+        params = {**estimator.to_dict(model, list(table.columns)), **extra}
         atomic_write_json(params, model_path(run_dir, fold))
         log.info("fold %d: C=%.3g", fold, coef["C"])
         # scored from the saved numbers, as predict.py scores new patients
-        return estimator.params_proba(params, features.loc[valid]), estimator.params_proba(params, features.loc[test])
+        return (estimator.proba_from_dict(params, features.loc[valid]),
+                estimator.proba_from_dict(params, features.loc[test]))
     return fit_predict
 
 
@@ -93,14 +99,14 @@ def train_clinical(stage: Stage, plots: bool = True) -> dict:
     ``plots``) the ROC and the morphometry figures."""
     args = stage.args
     features, encoder = stage_features(stage.dataset, vars(args), args.cache_dir, args.progress)
-    projection = Projection(args.encoder_pca, encoder) if encoder else None
     shown = [c for c in features.columns if not c.startswith(ENCODER_PREFIX)]
     if encoder:
         shown.append(f"{features.shape[1] - len(shown)} pooled encoder columns ({encoder['pooling']}) -> "
                      f"{args.encoder_pca} components per fold")
     log.info("feature set %s: %s", args.feature_set, ", ".join(shown))
-    fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, args.seed,
-                                   args.inner_folds, args.C, args.penalty, projection)
+    fit = ClinicalFit(seed=args.seed, n_inner=args.inner_folds, C=args.C, penalty=args.penalty,
+                      encoder=encoder or None, encoder_pca=args.encoder_pca if encoder else None)
+    fit_predict = make_fit_predict(features, stage.dataset.train["LABEL"], stage.run_dir, fit)
     oof, _ = cross_validate(stage, fit_predict)
     write_coefficients(stage.run_dir)
     if not plots:
@@ -109,5 +115,5 @@ def train_clinical(stage: Stage, plots: bool = True) -> dict:
         from lib.features.morphometry.plots import write_morphometry_plots
         write_morphometry_plots(stage.dataset, stage.run_dir, stage.args.cache_dir)
     plot_roc({"clinical": (oof["target"], oof["proba"])}, Path(stage.run_dir) / "roc.png",
-             points={"clinical": 0.5}, title=f"OOF ROC, {stage.args.experiment}")
+             points={"clinical": 0.5}, title=f"OOF ROC, {stage.experiment}")
     return fold_metrics(oof, 0.5)

@@ -170,7 +170,8 @@ def embed_fit_predict(stage: Stage, setup: Setup, timings: dict):
     settings = head_settings(args)
 
     def fit_predict(train, valid, test, fold):
-        result = embed_mil.train_fold(emb, stage.dataset, settings, train, valid, test, fold)
+        result = embed_mil.train_fold(emb, stage.dataset, settings, train_ids=train, valid_ids=valid, test_ids=test,
+                                      fold=fold)
         save_fold(stage.run_dir, fold, result, FOLD_MODEL["embed"])
         return result.valid, result.test
     return fit_predict
@@ -183,8 +184,10 @@ def finetune_fit_predict(stage: Stage, setup: Setup, timings: dict):
     cache = load_image_cache(stage.dataset, args.crop, args.cache_dir, progress=args.progress)
 
     def fit_predict(train, valid, test, fold):
-        result = finetune.train_fold(lambda: setup.fresh_backbone(args), cache, setup.data_config, stage.dataset,
-                                     settings, setup.device, train, valid, test, fold, fold_dir(stage.run_dir, fold))
+        result = finetune.train_fold(lambda: setup.fresh_backbone(args), settings, cache=cache,
+                                     data_config=setup.data_config, dataset=stage.dataset, device=setup.device,
+                                     train_ids=train, valid_ids=valid, test_ids=test, fold=fold,
+                                     fold_dir=fold_dir(stage.run_dir, fold))
         save_fold(stage.run_dir, fold, result, FOLD_MODEL["finetune"])
         return result.valid, result.test
     return fit_predict

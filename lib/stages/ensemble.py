@@ -18,12 +18,13 @@ from lib.fusion.tune import tune_and_estimate
 DEFAULT_STORAGE_NOTE = "sqlite:///<run_dir>/study.db"
 
 
-def run_ensemble(runs: RunSet, run_dir: Path, n_trials: int, nested_trials: int, storage: str | None,
+def run_ensemble(runs: RunSet, run_dir: Path, *, n_trials: int, nested_trials: int, storage: str | None,
                  seed: int, name: str, policy: str = "tuned", fusion: str = DEFAULT_FUSION) -> dict:
     """Tune the fusion (resuming the study; no study for equal weights), estimate it honestly, write every output;
     return params and metrics."""
     study = open_study(name, storage, run_dir, seed) if fusion == "study" else None
-    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name, n_trials, nested_trials, seed, policy, fusion)
+    best, fused, metrics = tune_and_estimate(runs, study, run_dir, name=name, n_trials=n_trials,
+                                             nested_trials=nested_trials, seed=seed, policy=policy, fusion=fusion)
     storage_note = (safe_url(storage) or DEFAULT_STORAGE_NOTE) if study is not None else None
     write_outputs(runs, run_dir, best, fused, metrics, storage_note)
     if study is not None:

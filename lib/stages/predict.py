@@ -65,7 +65,7 @@ def predict_clinical(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
             _check_same(run_dir, "the encoder", params.get("encoder", {}).get("weights_tag"),
                         encoder.get("weights_tag"), f"the file {config.get('encoder')} changed since: re-run "
                         "train_clinical.py")
-        per_fold[k] = estimator.params_proba(params, features)
+        per_fold[k] = estimator.proba_from_dict(params, features)
     return fold_table(per_fold)
 
 
@@ -121,8 +121,8 @@ def predict_finetune(run_dir: Path, config: dict, dataset: Dataset, pids: list[s
         state = read_checkpoint(fold_dir(run_dir, k) / FOLD_MODEL["finetune"], map_location=device)
         backbone = build_backbone(config["backbone"], None, config["seed"])  # every weight comes from model.pt
         data_config = embed_data_config(backbone, config["crop"], config["input_size"])
-        per_fold[k], fold_cells = finetune.predict_fold(state, backbone, cache, data_config, dataset, settings, device,
-                                                        pids, k)
+        per_fold[k], fold_cells = finetune.predict_fold(state, backbone, settings, cache=cache, data_config=data_config,
+                                                        dataset=dataset, device=device, pids=pids, fold=k)
         cells.append(fold_cells)
     return fold_table(per_fold), mean_weights(pd.concat(cells))
 
