@@ -164,3 +164,21 @@ def demo_pipeline(tmp_path_factory):
                              "--cnn-config", str(config), "--trials", "8", "--folds-dir", str(root / "folds"),
                              "--cache-dir", str(root / "cache")], runner=run_in_process)
     return data, root / "runs", out, seconds
+
+
+def mean_embedder():
+    """An embedding spec and job whose 'backbone' is the mean colour of each cell (fast, no weights)."""
+    import torch
+
+    from lib.cnn.embedding import EmbedJob, EmbedSpec
+
+    class Mean(torch.nn.Module):
+        num_features = 3
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
+    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
+           "crop_pct": 1.0}
+    return spec, EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_2024
+from conftest import make_2024, mean_embedder
 
 from lib.core.cli import run_in_process
 from lib.core.errors import DataError
@@ -191,24 +191,6 @@ def test_damaged_image_and_embedding_caches_are_recomputed_by_train_cnn(tmp_path
     pd.testing.assert_frame_equal(pd.read_csv(runs / "a" / "oof.csv"), pd.read_csv(runs / "b" / "oof.csv"))
 
 
-def _mean_embedder():
-    """An embedding spec and job whose 'backbone' is the mean colour of each cell (fast, no weights)."""
-    import torch
-
-    from lib.cnn.embedding import EmbedJob, EmbedSpec
-
-    class Mean(torch.nn.Module):
-        num_features = 3
-
-        def forward(self, x):
-            return x.mean(dim=(2, 3))
-
-    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
-    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "crop_pct": 1.0}
-    return spec, EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
-
-
 def _npy(array) -> bytes:
     import io
     buffer = io.BytesIO()
@@ -231,7 +213,7 @@ def test_every_damaged_embedding_view_is_recomputed(tmp_path, caplog, damage, sa
     from lib.data.dataset import load_dataset
 
     data, cache = make_2024(tmp_path / "d", n_cells=2, size=32), tmp_path / "cache"
-    spec, job = _mean_embedder()
+    spec, job = mean_embedder()
     first = compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
     damage(next(cache.glob("emb/ds/*_v0.npy")))
     with caplog.at_level(logging.WARNING):
@@ -312,7 +294,7 @@ def test_file_names_that_are_not_utf8_round_trip_through_every_cache(tmp_path, c
         measured = morpho.stat().st_mtime_ns
         pd.testing.assert_frame_equal(cell_measurements(dataset, cache, progress=False), first)
         assert morpho.stat().st_mtime_ns == measured and "\udce9" in " ".join(first["file"])  # reused
-        spec, job = _mean_embedder()
+        spec, job = mean_embedder()
         assert compute_embeddings(dataset, spec, job, cache, views=["v0"]).computed == 16
         assert compute_embeddings(dataset, spec, job, cache, views=["v0"]).computed == 0
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # nothing stale or damaged

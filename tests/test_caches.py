@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_2024
+from conftest import make_2024, mean_embedder
 
 from lib.data.dataset import load_dataset
 from lib.data.images import load_image_cache
@@ -37,24 +37,6 @@ def test_image_cache_rebuilt_when_images_are_replaced(tmp_path, caplog):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
-def _mean_embedder():
-    """An embedding spec and job whose 'backbone' is the mean colour of each cell (fast, no weights)."""
-    import torch
-
-    from lib.cnn.embedding import EmbedJob, EmbedSpec
-
-    class Mean(torch.nn.Module):
-        num_features = 3
-
-        def forward(self, x):
-            return x.mean(dim=(2, 3))
-
-    spec = EmbedSpec("ds", "mean", "w", 24, 24, "light", 0, 0, "fp32", "c")
-    cfg = {"input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-           "crop_pct": 1.0}
-    return spec, EmbedJob(Mean(), cfg, torch.device("cpu"), None, 8, progress=False)
-
-
 def _touch_all(root: Path) -> None:
     """A later mtime on every image, bytes unchanged (what a copy without -p or a restore does)."""
     for path in root.rglob("*.jpg"):
@@ -69,7 +51,7 @@ def test_touched_or_copied_images_reuse_every_cache(tmp_path, caplog):
     from lib.features.morphometry.cache import cell_measurements
 
     data, cache = make_2024(tmp_path / "a" / "d", n_cells=2, size=32), tmp_path / "cache"
-    spec, job = _mean_embedder()
+    spec, job = mean_embedder()
     load_image_cache(load_dataset(data), 24, cache, progress=False)
     first = cell_measurements(load_dataset(data), cache, progress=False)
     compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
@@ -157,7 +139,7 @@ def test_caches_of_an_older_version_are_upgraded_while_their_file_times_match(tm
     from lib.features.morphometry.cache import cell_measurements
 
     data, cache = make_2024(tmp_path / "d", n_cells=2, size=32), tmp_path / "cache"
-    spec, job = _mean_embedder()
+    spec, job = mean_embedder()
     load_image_cache(load_dataset(data), 24, cache, progress=False)
     first = cell_measurements(load_dataset(data), cache, progress=False)
     compute_embeddings(load_dataset(data), spec, job, cache, views=["v0"])
@@ -247,7 +229,7 @@ def test_embeddings_recomputed_when_images_are_replaced(tmp_path, caplog):
     from lib.cnn.embedding import compute_embeddings
 
     data = make_2024(tmp_path / "d", n_cells=2, size=32)
-    spec, job = _mean_embedder()
+    spec, job = mean_embedder()
     before = compute_embeddings(load_dataset(data), spec, job, tmp_path / "cache", views=["v0"])
     _green_squares(data)
     with caplog.at_level(logging.WARNING):

@@ -147,15 +147,21 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         raise DataError(f"{path}: unreadable checkpoint ({reason})") from None
 
 
-def read_json(path: str | Path) -> Any:
-    """Parse a JSON file (one-line DataError naming it when unreadable)."""
+def _parse_file(path: str | Path, parse, kind: str, errors: tuple) -> Any:
+    """``parse`` of a text file's contents; a one-line DataError naming the file when it cannot be read or parsed."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return parse(path.read_text())
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); {REDO}") from None
+    except errors as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:160]
+        raise DataError(f"{path}: not valid {kind} ({problem}); {REDO}") from None
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file (one-line DataError naming it when unreadable)."""
+    return _parse_file(path, json.loads, "JSON", (ValueError,))
 
 
 @contextmanager
@@ -206,14 +212,7 @@ def read_table(path: str | Path, dtype: dict | None = None, **kwargs: Any) -> pd
 
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file the toolkit wrote (one-line DataError naming it when unreadable)."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({os_problem(exc)})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())[:160]
-        raise DataError(f"{path}: not valid YAML ({problem}); {REDO}") from None
+    return _parse_file(path, yaml.safe_load, "YAML", (yaml.YAMLError, UnicodeDecodeError))
 
 
 REPORT_FILES = (".png", ".html")  # what a report folder holds

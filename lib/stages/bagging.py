@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_csv, atomic_write_json, atomic_write_yaml, read_table
+from lib.core.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_yaml, read_table
 from lib.core.metrics import fold_metrics
 from lib.core.runs import read_predictions
+from lib.data.profile import PROFILE_FILE
 from lib.fusion.runs import read_run_config
 
 PER_SEED_KEYS = {"fold_seed", "experiment", "runs_dir", "resume", "folds", "config", "progress", "verbose"}
@@ -89,6 +90,9 @@ def bag_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
     cells = bag_cells(paths)
     if cells is not None:
         atomic_write_csv(cells, out_dir / "cells.csv")
+    profile = Path(paths[0]) / PROFILE_FILE  # the cells the runs were trained on (one data directory)
+    if profile.exists():
+        atomic_write_bytes(profile.read_bytes(), out_dir / PROFILE_FILE)
     metrics = fold_metrics(oof, 0.5)
     atomic_write_json(metrics, out_dir / "metrics.json")
     return metrics
