@@ -4,8 +4,9 @@
 
 Before any work it measures this machine (a few seconds of embedding and pretraining throughput) and prints the
 plan: each stage, its estimate and the finish time. Then, in runs/<dataset>_night/:
-  1. the label-free encoder (pretrain_cnn.py), its epochs sized to its share of the budget, or skipped when it
-     does not fit (--encoder auto; on/off force it; --encoder-scope train keeps the test cells out);
+  1. the label-free encoder: the shipped lymph-ssl continued for more epochs (pretrain_cnn.py --weights lymph-ssl),
+     sized to its share of the budget, or used as it is when that does not fit (--encoder auto; on/off force it;
+     --encoder-scope train keeps the test cells out; --encoder-init none learns one from scratch instead);
   2. the Optuna studies of the clinical/morphometry stage and of the CNN head on the cached embeddings, selected
      on one fold seed (--select-seed), in chunks re-planned from the time left and the measured seconds a trial;
   3. on each of the other fold seeds (--bag-seeds): the default pipeline's four models, and the night's: the
@@ -26,6 +27,7 @@ from lib.core.config import ArgParser
 from lib.core.errors import DataError, raise_first
 from lib.core.paths import CACHE_DIR, CONFIGS_DIR, FOLDS_DIR, REPO_DIR, RUNS_DIR
 from lib.core.storage import check_storage
+from lib.models.shipped import SHIPPED, shipped_path
 from lib.night import plan
 from lib.night.run import run_night
 from lib.night.settings import NightSettings
@@ -51,6 +53,9 @@ def parse_args(argv=None) -> NightSettings:
       help="the label-free encoder: auto = learnt when >= 25 epochs fit 40%% of the budget at the measured rate")
     a("--encoder-scope", choices=("all", "train"), default="all",
       help="cells the encoder learns from: all (train + test, no labels) or train only")
+    a("--encoder-init", choices=(*SHIPPED, "none"), default=SHIPPED[0],
+      help=f"the night starts from the shipped encoder (default {SHIPPED[0]}: continued when the encoder is on, used as "
+           f"it is when off) or none (learnt from scratch, >= 25 epochs)")
     a("--storage", metavar="URL", help="Optuna RDB shared by several machines (default: sqlite in the night dir)")
     a("--ensemble-trials", type=int, default=100, help="Optuna trials of each blend")
     a("--cnn-config", type=Path, default=CONFIGS_DIR / "cnn_cpu.yaml", help="the default CNN preset")
@@ -64,14 +69,15 @@ def parse_args(argv=None) -> NightSettings:
                  (args.select_seed in bag, f"--bag-seeds {bag} include --select-seed {args.select_seed}: the honest "
                   "estimates need fold seeds that chose nothing"),
                  (args.ensemble_trials < 1, f"--ensemble-trials {args.ensemble_trials} must be >= 1")])
-    for option in PATHS:
-        value = getattr(args, option)
-        setattr(args, option, None if value is None else Path(value).expanduser().resolve())
+    paths = {o: None if getattr(args, o) is None else Path(getattr(args, o)).expanduser().resolve() for o in PATHS}
+    settings = NightSettings(**{**vars(args), **paths})
     for option in ("cnn_config", "ssl_cnn_config", "pretrain_config"):
-        if not getattr(args, option).is_file():
-            raise DataError(f"{getattr(args, option)}: --{option.replace('_', '-')} not found")
-    check_storage(args.storage)
-    return NightSettings(**vars(args))
+        if not getattr(settings, option).is_file():
+            raise DataError(f"{getattr(settings, option)}: --{option.replace('_', '-')} not found")
+    check_storage(settings.storage)
+    if settings.encoder_init != "none":
+        shipped_path(settings.encoder_init)  # its card and content hash
+    return settings
 
 
 def main(argv=None, runner: Runner = run_child, measure=None) -> Path | None:

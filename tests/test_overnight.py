@@ -24,7 +24,7 @@ def night_argv(demo_pipeline, root: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--budget", "1m", "--runs-dir", str(root / "runs"), "--out",
             str(root / "submission.csv"), "--folds-dir", str(runs.parent / "folds"), "--cache-dir",
             str(runs.parent / "cache"), "--bag-seeds", "43", "--ensemble-trials", "4", "--encoder", "off",
-            "--cnn-config", str(root / "cnn.yaml"), "--ssl-cnn-config", str(root / "cnn.yaml"), *extra]
+            "--encoder-init", "none", "--cnn-config", str(root / "cnn.yaml"), "--ssl-cnn-config", str(root / "cnn.yaml"), *extra]
 
 
 def experiment_of(command: list[str]) -> str:
@@ -93,6 +93,26 @@ def test_a_night_on_two_seeds_bags_every_model_before_the_final_blend(demo_pipel
     assert bag["models"] == models
     ensemble = stages[names.index("final/ensemble")]["command"]
     assert str(night / f"{dataset.name}_bag43-44" / "cnn_tuned") in ensemble and "--runs" in ensemble
+
+
+def test_a_night_starts_from_the_shipped_encoder(demo_pipeline, tmp_path):
+    """--encoder-init lymph-ssl (the default): continued tonight when the encoder is on, used as it is when off."""
+    from lib.data.dataset import load_dataset
+    from lib.night.commands import fixed_stages
+    argv = night_argv(demo_pipeline, tmp_path)
+    argv[argv.index("--encoder-init") + 1] = "lymph-ssl"
+    args = overnight.parse_args(argv)
+    dataset = load_dataset(args.data_dir)
+    night = tmp_path / "runs" / f"{dataset.name}_night"
+    off = {s["name"]: s for s in fixed_stages(args, dataset.root, night, dataset.name, {"on": False, "epochs": 0})}
+    assert "encoder" not in off and "--weights lymph-ssl" in " ".join(off["s43/cnn_ssl"]["command"])
+    on = {s["name"]: s for s in fixed_stages(args, dataset.root, night, dataset.name, {"on": True, "epochs": 10})}
+    pretrain = " ".join(on["encoder"]["command"])
+    assert "--weights lymph-ssl" in pretrain and "--epochs 10" in pretrain
+    assert str(night / f"{dataset.name}_ssl" / "encoder.pth") in " ".join(on["s43/cnn_ssl"]["command"])
+    slow = {**PROBE, "pretrain_img_s": 50.0}  # 10k cells: 200 s an epoch
+    assert plan.encoder_decision("auto", 3 * 3600, 10_000, slow, continued=True)["epochs"] == 21
+    assert not plan.encoder_decision("auto", 3 * 3600, 10_000, slow)["on"]  # from scratch: 25 epochs do not fit
 
 
 def test_the_plan_is_printed_and_nothing_runs(demo_pipeline, tmp_path, capsys):

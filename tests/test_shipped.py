@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
 from test_pretrain import TINY, cnn, cohort, pretrain  # noqa: F401  (cohort is a fixture)
 
 import lib.models.shipped as shipped
@@ -49,3 +50,13 @@ def test_damaged_shipped_weights_are_refused_by_their_content_hash(cohort, tmp_p
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"error: {weights}: content hash") and "differs from its card" in err
 
+
+
+def test_the_repository_ships_lymph_ssl_small_and_intact():
+    card = shipped.read_card("lymph-ssl")
+    path = shipped.shipped_path("lymph-ssl")  # the SHA-256 of the card
+    assert path.stat().st_size <= 25 * 2**20 and card["size_bytes"] == path.stat().st_size
+    assert card["objective"] == "simclr" and card["scope"] == "all" and card["commands"] and card["cells_fingerprint"]
+    model = build_backbone(card["backbone"], path, seed=0)  # strict load: every key, every shape
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    assert (REPO / "docs" / "lymph-ssl.md").exists()

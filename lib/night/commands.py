@@ -28,6 +28,14 @@ def pipeline_settings(settings: NightSettings, night_dir: Path, encoder_on: bool
                             trials=settings.ensemble_trials, fusion="study")
 
 
+def night_weights(settings: NightSettings, night_dir: Path, name: str, encoder_on: bool) -> list[str]:
+    """The --weights of the night's encoder models: the encoder learnt tonight (continued from the shipped one unless
+    --encoder-init none), else the shipped encoder as it is, else none (no encoder model tonight)."""
+    if encoder_on:
+        return encoder_weights(name, pipeline_settings(settings, night_dir, True))
+    return ["--weights", settings.encoder_init] if settings.encoder_init != "none" else []
+
+
 def study_names(name: str) -> dict[str, str]:
     """The night's study names (unique in a shared storage)."""
     return {"clinical": f"{name}_clinical_study", "cnn": f"{name}_cnn_study"}
@@ -74,14 +82,15 @@ def blended_models(settings: NightSettings, night_dir: Path, name: str, weights:
 def fixed_stages(settings: NightSettings, data_dir: Path, night_dir: Path, name: str, encoder: dict) -> list[dict]:
     """Every stage that is not a study, in order: {name, kind, command | action}."""
     pipeline = pipeline_settings(settings, night_dir, encoder["on"])
-    weights = encoder_weights(name, pipeline)
+    weights = night_weights(settings, night_dir, name, encoder["on"])
     out = []
     for seed in [settings.select_seed, *settings.bag_seeds]:
         out.append({"name": f"s{seed}/prepare", "kind": "prepare",
                     "command": model_stages(data_dir, name, seed, pipeline)[0][1]})
     if encoder["on"]:
+        start = ["--weights", settings.encoder_init] if settings.encoder_init != "none" else []
         stage = pretrain_stage(data_dir, name, pipeline)[1] + ["--epochs", str(encoder["epochs"]), "--scope",
-                                                              settings.encoder_scope, "--no-progress"]
+                                                              settings.encoder_scope, *start, "--no-progress"]
         out.append({"name": "encoder", "kind": "pretrain", "command": stage})
     out.append({"name": "studies", "kind": "studies"})
     models = blended_models(settings, night_dir, name, weights)

@@ -35,6 +35,7 @@ EMBED_PASSES = 6.0  # cold embedding cache of the CNN preset, in bare Lite0 pass
 DRIFT_MIN_S = 60.0  # the measured drift is used once this many estimated seconds of fixed stages have finished
 ENCODER_SHARE = 0.4  # of the budget, at most, for the label-free encoder
 MIN_ENCODER_EPOCHS, MAX_ENCODER_EPOCHS = 25, 100
+MIN_CONTINUED_EPOCHS, MAX_CONTINUED_EPOCHS = 10, 50  # continuing the shipped encoder (warm restart)
 CLINICAL_STUDY_CAP = 40  # its space has 42 settings (3 feature sets x 2 penalties x 7 C values)
 CNN_STUDY_CAP = 300
 CLINICAL_STUDY_SHARE = 0.15  # of the study time, at most
@@ -66,18 +67,21 @@ def scale(probe: dict) -> float:
     return REFERENCE["embed_img_s"] / max(probe["embed_img_s"], 1e-6)
 
 
-def encoder_decision(choice: str, budget_s: float, n_cells: int, probe: dict) -> dict:
-    """Whether the label-free encoder is learnt tonight and for how many epochs (fixed now: cosine schedule)."""
+def encoder_decision(choice: str, budget_s: float, n_cells: int, probe: dict, continued: bool = False) -> dict:
+    """Whether the label-free encoder is learnt tonight and for how many epochs (fixed now: cosine schedule);
+    ``continued``: from the shipped encoder (a warm restart: fewer epochs pay than from scratch)."""
+    least, most = (MIN_CONTINUED_EPOCHS, MAX_CONTINUED_EPOCHS) if continued else (MIN_ENCODER_EPOCHS, MAX_ENCODER_EPOCHS)
     per_epoch = n_cells / max(probe["pretrain_img_s"], 1e-6)
-    fits = int(min(MAX_ENCODER_EPOCHS, ENCODER_SHARE * budget_s // per_epoch))
-    need = f"{MIN_ENCODER_EPOCHS} epochs need {fmt_duration(MIN_ENCODER_EPOCHS * per_epoch)} at the measured " \
+    fits = int(min(most, ENCODER_SHARE * budget_s // per_epoch))
+    what = "more epochs of the shipped encoder" if continued else "epochs"
+    need = f"{least} {what} need {fmt_duration(least * per_epoch)} at the measured " \
            f"{probe['pretrain_img_s']:.0f} cells/s"
     if choice == "off":
         return {"on": False, "epochs": 0, "reason": "--encoder off"}
     if choice == "on":
         epochs = max(fits, 1)
         return {"on": True, "epochs": epochs, "seconds": epochs * per_epoch, "reason": f"--encoder on ({need})"}
-    if fits < MIN_ENCODER_EPOCHS:
+    if fits < least:
         return {"on": False, "epochs": 0, "reason": f"skipped: {need}, more than {ENCODER_SHARE:.0%} of the "
                 f"budget; the time goes to the studies and the final models"}
     return {"on": True, "epochs": fits, "seconds": fits * per_epoch,

@@ -13,10 +13,17 @@ from lib.core.storage import safe_url
 from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
 from lib.night import markers, plan
-from lib.night.commands import blended_models, final_tag, fixed_stages, pipeline_settings, study_command, study_names
-from lib.night.settings import PLANNED, NightSettings, planned_settings
+from lib.night.commands import (
+    blended_models,
+    final_tag,
+    fixed_stages,
+    night_weights,
+    pipeline_settings,
+    study_command,
+    study_names,
+)
+from lib.night.settings import PLANNED, PLANNED_BEFORE, NightSettings, planned_settings
 from lib.night.summary import write_summary
-from lib.pipeline.commands import encoder_weights
 from lib.pipeline.run import Runner, bag_models, run_child, run_stage
 
 
@@ -25,7 +32,8 @@ def make_plan(settings: NightSettings, dataset, night_dir: Path, probe: dict) ->
     """The frozen plan of a new night: deadline, encoder decision, every fixed stage's estimate."""
     n_cells = int(dataset.patients["n_images"].sum())
     scope_cells = n_cells if settings.encoder_scope == "all" else int(dataset.train["n_images"].sum())
-    encoder = plan.encoder_decision(settings.encoder, settings.budget, scope_cells, probe)
+    encoder = plan.encoder_decision(settings.encoder, settings.budget, scope_cells, probe,
+                                    continued=settings.encoder_init != "none")
     stages = fixed_stages(settings, dataset.root, night_dir, dataset.name, encoder)
     estimates = plan.fixed_estimates([(s["name"], s["kind"], s.get("n_models", 0)) for s in stages
                                       if s["kind"] != "studies"], n_cells, probe, encoder, settings.ensemble_trials,
@@ -43,7 +51,7 @@ def load_or_make_plan(settings: NightSettings, dataset, night_dir: Path, measure
     if path.is_file():
         saved = read_json(path)
         asked = planned_settings(settings)
-        changed = sorted(k for k in PLANNED if saved["settings"].get(k) != asked.get(k))
+        changed = sorted(k for k in PLANNED if saved["settings"].get(k, PLANNED_BEFORE.get(k)) != asked.get(k))
         if changed:
             raise DataError(f"{path}: this night was planned with other settings ({', '.join(changed)}); use the "
                             f"same ones to resume, or another --runs-dir for a new night")
@@ -119,8 +127,7 @@ class Night:
         if markers.finished(self.dir, "studies"):
             print("=== studies: done earlier, kept", flush=True)
             return
-        weights = encoder_weights(self.dataset.name,
-                                  pipeline_settings(self.settings, self.dir, self.plan["encoder"]["on"]))
+        weights = night_weights(self.settings, self.dir, self.dataset.name, self.plan["encoder"]["on"])
         notes, began = {}, time.perf_counter()
         window = plan.study_window(time.time(), self.plan["deadline"], self.fixed_left(), self.drift())
         for kind, cap in ((k, plan.CLINICAL_STUDY_CAP if k == "clinical" else plan.CNN_STUDY_CAP) for k in kinds):
@@ -185,7 +192,7 @@ def run_night(settings: NightSettings, runner: Runner = run_child, measure=None)
         join(run, owner, night["encoder"]["on"], settings.storage)
         return None
     run.final()
-    weights = encoder_weights(dataset.name, pipeline_settings(settings, night_dir, night["encoder"]["on"]))
+    weights = night_weights(settings, night_dir, dataset.name, night["encoder"]["on"])
     models = blended_models(settings, night_dir, dataset.name, weights)
     summary = write_summary(night_dir, night, stages, settings, study_names(dataset.name), models,
                             night_dir / final_tag(dataset.name, settings.bag_seeds))

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-PLANNED = ("budget", "data_dir", "select_seed", "bag_seeds", "encoder", "encoder_scope", "ensemble_trials",
+PLANNED = ("budget", "data_dir", "select_seed", "bag_seeds", "encoder", "encoder_scope", "encoder_init", "ensemble_trials",
            "cnn_config", "ssl_cnn_config", "pretrain_config")  # a resumed night must be asked for the same
+PLANNED_BEFORE = {"encoder_init": "none"}  # what a night planned before an option existed did
 
 
 @dataclass(frozen=True)
 class NightSettings:
     """The night's options, in overnight.py's order (paths absolute): ``budget`` in seconds; ``select_seed``: the
     fold seed the studies select settings on; ``bag_seeds``: those of the final models and the honest estimates;
-    ``encoder``: auto, on or off; ``encoder_scope``: all or train; ``storage``: an Optuna RDB URL shared by several
+    ``encoder``: auto, on or off; ``encoder_scope``: all or train; ``encoder_init``: the shipped encoder the night
+    starts from (``lymph-ssl``: continued when the encoder is on, used as it is when off) or ``none``; ``storage``: an Optuna RDB URL shared by several
     machines (None: sqlite in the night directory); ``ensemble_trials``: Optuna trials of each blend; the three
     presets; ``plan_only``: measure, print the plan and stop."""
     budget: float
@@ -26,6 +28,7 @@ class NightSettings:
     bag_seeds: list[int]
     encoder: str
     encoder_scope: str
+    encoder_init: str
     storage: str | None
     ensemble_trials: int
     cnn_config: Path

@@ -15,7 +15,7 @@ import torch
 from lib.cnn.embedding import embed_images, view_transform
 from lib.cnn.pretrain import encoder_record
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_bytes, atomic_write_json, read_checkpoint
+from lib.core.io import atomic_write_bytes, atomic_write_json, read_checkpoint, read_json
 from lib.core.machine import cpu_model
 from lib.core.runs import code_version
 from lib.data.dataset import Dataset
@@ -35,6 +35,13 @@ def lineage(record: dict, run_dir: Path) -> list[dict]:
         chain.insert(0, parent)
         weights = parent.get("init_weights")
     return chain
+
+
+def trained_with(run_dir: Path) -> dict:
+    """The code version the run started with (its code_version.json: commit, uncommitted changes or not)."""
+    path = Path(run_dir) / "code_version.json"
+    saved = read_json(path) if path.exists() else {}
+    return {"commit": saved.get("commit", "unknown"), "dirty": bool(saved.get("dirty"))}
 
 
 def fp16_check(state: dict, record: dict, dataset: Dataset, cache_dir: Path) -> dict:
@@ -82,6 +89,7 @@ def ship_encoder(run_dir: Path, name: str, dataset: Dataset, cache_dir: Path, co
             "epochs_by_stage": [{"input_size": r["input_size"], "epochs": r["epochs"], "seconds": round(r["seconds"]),
                                  "img_per_s": round(r["img_per_s"]), "precision": r["precision"]} for r in chain],
             "wall_seconds": round(sum(r["seconds"] for r in chain)), "commands": commands, "machine": cpu_model(),
+            "trained_with_code": trained_with(run_dir),
             "shipped_from": str(run_dir), "shipped_at": time.strftime("%Y-%m-%d"),
             "shipped_by_commit": code_version()["commit"]}
     log.info("%s: %s weights, %.1f MB, fp16 check %s", weights, card["dtype"], card["size_bytes"] / 1e6, check)
