@@ -17,6 +17,11 @@ from lib.core.machine import cpu_model
 CONTENDED = 1.5  # an epoch this many times the median: other jobs shared the machine
 
 
+def native_bf16() -> str:
+    from lib.cnn.device import cpu_has_bf16  # torch
+    return "yes, AVX512-BF16 or AMX" if cpu_has_bf16() else "no"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished pretrain_cnn.py run directory")
@@ -34,7 +39,7 @@ def main(argv=None) -> list[str]:
     lines = [f"- run: {args.run}: {record['objective']} {record['backbone']}, {record['crop']}->{record['input_size']} "
              f"px, batch {record['batch_size']}, {record['epochs']} epochs ({record.get('epochs_total', record['epochs'])} "
              f"in all), {cells} cells (scope {record['scope']}), precision {record['precision']}, "
-             f"{record['torch_threads']} torch threads; CPU: {cpu_model()}",
+             f"{record['torch_threads']} torch threads; CPU: {cpu_model()} (native bf16: {native_bf16()})",
              f"- wall time of the epochs: {log['seconds'].sum() / 60:.0f} min in all; {len(log) - len(quiet)} of "
              f"{len(log)} epochs contended (> {CONTENDED}x the median: other jobs shared the 2 cores)",
              f"- uncontended: {quiet['seconds'].median():.0f} s an epoch, {quiet['img_per_s'].median():.0f} img/s "
