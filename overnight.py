@@ -2,23 +2,12 @@
 
   python overnight.py --data-dir ../shared/data/lymphocytosis --budget 8h
 
-Before any work it measures this machine (a few seconds of embedding and pretraining throughput) and prints the
-plan: each stage, its estimate and the finish time. Then, in runs/<dataset>_night/:
-  1. the label-free encoder: the shipped lymph-ssl continued for more epochs (pretrain_cnn.py --weights lymph-ssl),
-     sized to its share of the budget, or used as it is when that does not fit (--encoder auto; on/off force it;
-     --encoder-scope train keeps the test cells out; --encoder-init none learns one from scratch instead);
-  2. the Optuna studies of the clinical/morphometry stage and of the CNN head on the cached embeddings, selected
-     on one fold seed (--select-seed), in chunks re-planned from the time left and the measured seconds a trial;
-  3. on each of the other fold seeds (--bag-seeds): the default pipeline's four models, and the night's: the
-     studies' best settings, an image-only CNN (and the encoder's CNNs); a blend of the default models and one of
-     all models per seed (their nested, honest estimates compare the two on folds that chose nothing);
-  4. every model bagged over those seeds, the final blend (all models, decided before the night), report,
-     submission, and summary.md beside the submission: what ran, time against estimate, the settings chosen, the
-     honest estimates beside the default pipeline's, and whether the night won.
-Killed at any point, the same command resumes: finished stages have markers (stages/*.json) and are not redone,
-the studies and pretraining resume, the plan (plan.json: the deadline, the encoder's epochs) is kept.
-With --storage URL (an Optuna RDB, e.g. postgresql://...) several machines share the night's studies; the first
-to start runs the other stages, the rest join the studies and stop.
+It measures this machine, prints the plan (each stage, its estimate, its finish time), then in runs/<dataset>_night/:
+continues the shipped encoder lymph-ssl when enough epochs fit (--encoder-init none: learns one from scratch), runs the
+Optuna studies on --select-seed, trains the default pipeline's models and the night's on --bag-seeds, bags them, and
+writes the final blend, report, submission and summary.md (honest estimates beside the default pipeline's, and whether
+the night won). Killed, the same command resumes; --storage URL lets several machines share the studies.
+Details: docs/studies-and-overnight.md (lib/night/ does the work).
 """
 from pathlib import Path
 
