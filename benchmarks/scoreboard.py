@@ -62,6 +62,7 @@ def quality(*rows: str) -> tuple[Field, Field]:
 
 
 PIPELINE = r"Whole pipeline, repeated CV"
+BLEND_RULES = r"Fixed blending rules over every subset of the models.*"
 DEFAULT_BLEND = (r"blend \(equal weights, CV\)", r"blend \(equal weights, 0\.5, nothing fitted\)",
                  r"blend \(nested, threshold 0\.5\)")  # bench_pipeline's lines, newest format first
 SSL_IMAGE_ONLY = r"simclr, mean head, image-only"  # bench_encoders' line of the frozen encoder's MIL head
@@ -72,9 +73,13 @@ MEASURES: tuple[Measure, ...] = (
     Measure("Clinical + morphometry", PIPELINE, quality("morpho"), seeds=True),
     Measure("CNN-MIL, mean head (frozen ImageNet Lite0)", PIPELINE, quality("cnn"), seeds=True),
     Measure("CNN-MIL, attention head", PIPELINE, quality("cnn_attention"), seeds=True),
-    Measure("Best single model (fixed-rule blend benchmark's models)",
-            r"Fixed blending rules over every subset of the models.*", quality(r"(?!.* \+ ).*"), best="BA"),
-    Measure("Image-only CNN on the newest benchmarked SSL encoder (mean head)", r"Self-supervised encoders at .*",
+    Measure("Best single model (fixed-rule blend benchmark's models)", BLEND_RULES, quality(r"(?!.* \+ ).*"), best="BA"),
+    Measure("Image-only CNN on the fixed-rule benchmark's SSL encoder (lymph-ssl since 2026-12-07)", BLEND_RULES,
+            quality(r"ssl mean image-only"), seeds=True),
+    Measure("Clinical + that encoder's pooled cells (clinical+encoder)", BLEND_RULES, quality(r"clinical\+encoder"),
+            seeds=True),
+    Measure("Image-only CNN on the newest encoder of the budget curve (bench_encoders, mean head)",
+            r"Self-supervised encoders at .*",
             (Field("AUC", (SSL_IMAGE_ONLY,), AUC), Field("BA", (SSL_IMAGE_ONLY,), BA)), seeds=True),
     Measure("Whole-pipeline benchmark, wall time over its fold seeds", PIPELINE,
             (Field("", (r"whole benchmark",), MINUTES),), seeds=True),
