@@ -41,17 +41,22 @@ def resolve_runs(args: argparse.Namespace) -> tuple[RunSet, FusionParams, str]:
     return runs, FusionParams(weights={n: 1.0 for n in runs.names}), "equal-weight probability mean"
 
 
-def test_ids_of(args: argparse.Namespace, runs: RunSet) -> tuple[Path, list[str]]:
-    """The data directory and its test IDs; the runs must have been made on that dataset."""
+def data_dir_of(args: argparse.Namespace, runs: RunSet) -> Path:
+    """--data-dir, else the data directory the runs recorded."""
     data_dir = args.data_dir or runs.configs[0].get("data_dir")
     if not data_dir:
         raise DataError(f"{runs.paths[0]}: config.yaml records no data_dir; pass --data-dir")
+    return Path(data_dir)
+
+
+def test_ids_of(data_dir: Path, runs: RunSet) -> list[str]:
+    """The test IDs of the data directory; the runs must have been made on that dataset."""
     dataset = load_dataset(data_dir)
     recorded = runs.configs[0]["dataset_name"]
     if recorded != dataset.name:
         raise DataError(f"{runs.paths[0]}: trained on {recorded}, but {data_dir} is {dataset.name}")
     check_test_inputs(dataset, runs.configs[0].get("test_inputs"), runs.paths[0])
-    return Path(data_dir), list(dataset.test.index)
+    return list(dataset.test.index)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -60,11 +65,11 @@ def main(argv: list[str] | None = None) -> Path:
     if Path(args.out).is_dir():
         raise DataError(f"{args.out}: --out names a directory, not a submission file to write")
     runs, params, source = resolve_runs(args)
-    data_dir = args.data_dir or runs.configs[0].get("data_dir")
+    data_dir = data_dir_of(args, runs)
     refuse_outputs_over_inputs({"--out": args.out, "the probabilities": proba_path(args.out)},
-                               [*([data_dir] if data_dir else []), *([args.ensemble] if args.ensemble else []), *runs.paths])
+                               [data_dir, *([args.ensemble] if args.ensemble else []), *runs.paths])
     from lib.stages.submission import check_runs_cover_test, demo_test_ba, fused_test, write_submission  # scikit-learn
-    data_dir, test_ids = test_ids_of(args, runs)
+    test_ids = test_ids_of(data_dir, runs)
     check_runs_cover_test(runs, test_ids, data_dir)
     out, out_proba = write_submission(fused_test(runs, params), params.threshold, test_ids, args.out)
     labels = read_table(out)

@@ -31,11 +31,11 @@ import torch
 
 from lib.cnn import augment
 from lib.cnn.augment import apply_batch, create_transform, dihedral, tta_views
-from lib.core.io import atomic_write_bytes, build_lock, os_problem
+from lib.core.io import atomic_write_bytes, atomic_write_csv, build_lock, os_problem
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
-from lib.data.digests import remember, write_cache_csv
+from lib.data.digests import remember
 from lib.data.images import (
     ImageCache,
     cell_keys,
@@ -191,7 +191,7 @@ def _write_view(array: np.ndarray, array_path: Path, index_path: Path, cells: pd
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(buffer.getvalue(), array_path)
-    write_cache_csv(cell_keys(cells), index_path)
+    atomic_write_csv(cell_keys(cells), index_path)
 
 
 @torch.inference_mode()

@@ -6,6 +6,8 @@ e.g. to a fast disk, or to an empty folder for a cold benchmark.
 import os
 from pathlib import Path
 
+from lib.core.errors import DataError
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_DIR / "data"
 DEMO_DATA_DIR = DATA_DIR / "demo"
@@ -29,8 +31,6 @@ def _inside(path: Path, folder: Path) -> bool:
 def refuse_outputs_over_inputs(outputs: dict[str, Path], input_dirs: list[Path], input_files: list[Path] = ()) -> None:
     """No output may overwrite an input: an output (``{what: path}``) inside an input directory, equal to an input
     file, or a folder holding an input, is refused in one line (DataError) before any work."""
-    from lib.core.errors import DataError
-
     dirs = [Path(p).resolve() for p in input_dirs]
     files = [Path(p).resolve() for p in input_files]
     for what, out in outputs.items():

@@ -8,10 +8,10 @@ and morphometry caches keyed on it stay valid instead of being rebuilt; a file w
 digest and every cache holding it is recomputed. A store cut short or damaged is never half-trusted: its
 unreadable rows are dropped (with a warning naming it) and their files hashed again.
 
-Every cache table (this store, the decoded-image, embedding and morphometry indexes) is written and read by
-``write_cache_csv`` and ``read_cache_csv``: a file name that is not valid UTF-8 (e.g. a Latin-1 ``cell\xe9.jpg`` of
-an older Windows export, which Python names with a surrogate escape) is stored as its own bytes and read back as
-the same name.
+Every cache table (this store, the decoded-image, embedding and morphometry indexes) is written by
+``lib.core.io.atomic_write_csv`` and read by ``read_cache_csv``: a file name that is not valid UTF-8 (e.g. a
+Latin-1 ``cell\xe9.jpg`` of an older Windows export, which Python names with a surrogate escape) is stored as its
+own bytes and read back as the same name.
 """
 import hashlib
 import logging
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import atomic_write_bytes, os_problem
+from lib.core.io import atomic_write_csv, os_problem
 from lib.core.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,11 @@ def content_digests(paths: list[str], store: Path, progress: bool = True, worker
     return table
 
 
-def write_cache_csv(table: pd.DataFrame, path: str | Path) -> Path:
-    """Atomically write a cache table (no index column); a file name that is not UTF-8 keeps its own bytes."""
-    return atomic_write_bytes(table.to_csv(index=False).encode("utf-8", "surrogateescape"), path)
-
-
 def read_cache_csv(path: str | Path, **kwargs) -> pd.DataFrame:
-    """Read a table ``write_cache_csv`` wrote (pandas.read_csv options in ``kwargs``), file names as they were."""
+    """Read a cache table lib.core.io.atomic_write_csv wrote (pandas.read_csv options in ``kwargs``), file names as
+    they were."""
     return pd.read_csv(path, encoding="utf-8", encoding_errors="surrogateescape", **kwargs)
 
-
-atomic_write_csv = write_cache_csv  # what ``remember`` writes with (the name lib.core.io gives its UTF-8-only twin)
 
 CSV_PROBLEMS = (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError)  # an unreadable cache table
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lib.core.errors import DataError
-from lib.core.io import build_lock, make_dirs, os_problem
+from lib.core.io import atomic_write_csv, build_lock, make_dirs, os_problem
 from lib.core.paths import CACHE_DIR
 from lib.core.progress import tqdm
 from lib.data.dataset import Dataset
@@ -32,23 +32,28 @@ from lib.data.digests import (
     read_cache_csv,
     remember,
     table_problem,
-    write_cache_csv,
 )
 from lib.data.jpeg import declared_size_problem
 
 log = logging.getLogger(__name__)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file into an RGB uint8 array; a file that fails to decode is an error, and so is one whose
-    header declares a size no cell image has (a decompression bomb: refused before the decoder allocates it)."""
+def decode_image(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Decode an image file with OpenCV ``flags`` (BGR, or as stored with IMREAD_UNCHANGED); a file that fails to
+    decode is an error, and so is one whose header declares a size no cell image has (a decompression bomb: refused
+    before the decoder allocates it). Read as bytes: a path that is not UTF-8 works too (cv2.imread crashes on it)."""
     data = np.fromfile(str(path), dtype=np.uint8)
     if problem := declared_size_problem(data):
         raise DataError(f"{path}: {problem}, not decoded")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise DataError(f"{path}: cannot decode image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into an RGB uint8 array (``decode_image``'s checks)."""
+    return cv2.cvtColor(decode_image(path), cv2.COLOR_BGR2RGB)
 
 
 def center_crop(img: np.ndarray, size: int | None, path: str | Path | None = None) -> np.ndarray:
@@ -93,7 +98,7 @@ def same_cells(saved: pd.DataFrame, cells: pd.DataFrame) -> bool:
 
 
 def read_cell_index(path: Path) -> pd.DataFrame | str:
-    """A cache index (``write_cache_csv``) as written, or why it cannot be read (a short text)."""
+    """A cache index (``atomic_write_csv``) as written, or why it cannot be read (a short text)."""
     try:
         return read_cache_csv(path, dtype=CELL_DTYPES)
     except CSV_PROBLEMS as exc:
@@ -160,7 +165,7 @@ def load_image_cache(dataset: Dataset, crop: int, cache_dir: Path = CACHE_DIR,
                     log.warning("%s, rebuilding the decoded cache", reason)
                 index_path.unlink(missing_ok=True)  # the index is written last: without it the array is incomplete
                 _build(index, crop, array_path, workers, progress)
-                write_cache_csv(index, index_path)
+                atomic_write_csv(index, index_path)
     try:
         array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(index), crop, crop, 3))
     except (OSError, ValueError) as exc:  # changed since it was checked (another process, a full disk)

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from lib.core.errors import DataError
-from lib.data.jpeg import declared_size_problem
 
 SAMPLE = 256  # images decoded per profile (seeded choice by file name): ~0.3 s of JPEG decoding
 SIZE_TOLERANCE = 0.1  # a modal side more than 10% off the reference's is another scale: an error
@@ -46,11 +45,15 @@ def cells_profile(paths: list[Path]) -> dict:
     """The profile of a population of cell images (a sample of them); {} when none decodes."""
     import cv2
 
+    from lib.data.images import decode_image  # OpenCV: only when a profile is made
+
     stats = []
     for path in sample_paths(paths):
-        data = np.fromfile(path, dtype=np.uint8)  # a path that is not UTF-8 too (cv2.imread crashes on it)
-        img = None if declared_size_problem(data) or not data.size else cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if img is not None and img.ndim in (2, 3):
+        try:
+            img = decode_image(path, cv2.IMREAD_UNCHANGED)  # as stored: a grayscale file keeps one channel
+        except DataError:  # unreadable or a declared size no cell has: the dataset's check skips it too
+            continue
+        if img.ndim in (2, 3):
             stats.append(image_stats(img))
     if not stats:
         return {}

@@ -10,10 +10,10 @@ a Git LFS pointer instead of the file, is a one-line error, never loaded). The c
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from lib.core.errors import DataError
+from lib.core.io import read_json
 from lib.core.paths import REPO_DIR
 
 WEIGHTS_DIR = REPO_DIR / "weights"
@@ -32,12 +32,9 @@ def card_path(name: str) -> Path:
 def read_card(name: str) -> dict:
     """The card of a shipped name (a one-line DataError when missing or damaged)."""
     path = card_path(name)
-    try:
-        card = json.loads(path.read_text())
-    except OSError:
-        raise DataError(f"{path}: the card of the shipped weights '{name}' is missing") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); restore it from the repository") from None
+    if not path.is_file():
+        raise DataError(f"{path}: the card of the shipped weights '{name}' is missing")
+    card = read_json(path)
     if not isinstance(card, dict) or not card.get("sha256") or not card.get("file"):
         raise DataError(f"{path}: not a weights card (no sha256/file); restore it from the repository")
     return card

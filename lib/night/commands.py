@@ -28,12 +28,17 @@ def pipeline_settings(settings: NightSettings, night_dir: Path, encoder_on: bool
                             trials=settings.ensemble_trials, fusion="study")
 
 
+def shipped_weights(settings: NightSettings) -> list[str]:
+    """--weights of the shipped encoder the night starts from (none with --encoder-init none)."""
+    return ["--weights", settings.encoder_init] if settings.encoder_init != "none" else []
+
+
 def night_weights(settings: NightSettings, night_dir: Path, name: str, encoder_on: bool) -> list[str]:
     """The --weights of the night's encoder models: the encoder learnt tonight (continued from the shipped one unless
     --encoder-init none), else the shipped encoder as it is, else none (no encoder model tonight)."""
     if encoder_on:
         return encoder_weights(name, pipeline_settings(settings, night_dir, True))
-    return ["--weights", settings.encoder_init] if settings.encoder_init != "none" else []
+    return shipped_weights(settings)
 
 
 def study_names(name: str) -> dict[str, str]:
@@ -88,9 +93,9 @@ def fixed_stages(settings: NightSettings, data_dir: Path, night_dir: Path, name:
         out.append({"name": f"s{seed}/prepare", "kind": "prepare",
                     "command": model_stages(data_dir, name, seed, pipeline)[0][1]})
     if encoder["on"]:
-        start = ["--weights", settings.encoder_init] if settings.encoder_init != "none" else []
         stage = pretrain_stage(data_dir, name, pipeline)[1] + ["--epochs", str(encoder["epochs"]), "--scope",
-                                                              settings.encoder_scope, *start, "--no-progress"]
+                                                              settings.encoder_scope, *shipped_weights(settings),
+                                                              "--no-progress"]
         out.append({"name": "encoder", "kind": "pretrain", "command": stage})
     out.append({"name": "studies", "kind": "studies"})
     models = blended_models(settings, night_dir, name, weights)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.cnn.embedding import embed_images, view_transform
+from lib.cnn.embedding import EmbedSpec, embed_images, view_transform
 from lib.cnn.pretrain import encoder_record
 from lib.core.errors import DataError
 from lib.core.io import atomic_write_bytes, atomic_write_json, read_checkpoint, read_json
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CHECK_CELLS = 512  # cells embedded by both the fp32 and the fp16 weights
 
 
-def lineage(record: dict, run_dir: Path) -> list[dict]:
+def lineage(record: dict) -> list[dict]:
     """The encoder records this one was continued from (``init_weights``), oldest first, then its own."""
     chain, weights = [record], record.get("init_weights")
     while weights and (parent := encoder_record(Path(weights))) is not None:
@@ -47,8 +47,6 @@ def trained_with(run_dir: Path) -> dict:
 def fp16_check(state: dict, record: dict, dataset: Dataset, cache_dir: Path) -> dict:
     """Relative distance between the embeddings of the fp32 and the fp16-rounded weights (both run in fp32) on a
     fixed sample of cells, against the distance the fp16 embedding cache itself introduces."""
-    from lib.cnn.embedding import EmbedSpec  # the view transform's settings
-
     models = {}
     for dtype in (torch.float32, torch.float16):
         model = build_backbone(record["backbone"], None, seed=0)
@@ -83,7 +81,7 @@ def ship_encoder(run_dir: Path, name: str, dataset: Dataset, cache_dir: Path, co
     dtype = torch.float16 if check["agree"] else torch.float32
     weights = shipped.WEIGHTS_DIR / f"{name}.safetensors"
     atomic_write_bytes(safetensors_bytes({k: v.to(dtype).contiguous() for k, v in state.items()}), weights)
-    chain = lineage(record, run_dir)
+    chain = lineage(record)
     card = {**record, "name": name, "file": weights.name, "dtype": str(dtype).removeprefix("torch."),
             "sha256": file_sha256(weights), "size_bytes": weights.stat().st_size, "fp16_check": check,
             "epochs_by_stage": [{"input_size": r["input_size"], "epochs": r["epochs"], "seconds": round(r["seconds"]),

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib.core.io import build_lock
+from lib.core.io import atomic_write_csv, build_lock
 from lib.core.paths import CACHE_DIR
 from lib.data.dataset import Dataset
-from lib.data.digests import CSV_PROBLEMS, read_cache_csv, remember, table_problem, write_cache_csv
+from lib.data.digests import CSV_PROBLEMS, read_cache_csv, remember, table_problem
 from lib.data.images import (
     CELL_DTYPES,
     CELL_KEY,
@@ -148,7 +148,7 @@ def _measure(dataset: Dataset, path: Path, index: pd.DataFrame, progress: bool) 
             cells.loc[todo, measured.columns] = measured.to_numpy()
             cells = cells.astype({c: measured.dtypes[c] for c in measured.columns})
     cells.insert(1, "path", paths)
-    write_cache_csv(cells, path)
+    atomic_write_csv(cells, path)
     bad = int((cells["ok"] == 0).sum())
     log.info("morphometry: %d cells measured, %d without a nucleus (%.1f%%) -> %s", len(cells), bad,
              100 * bad / len(cells), path)

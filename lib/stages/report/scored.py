@@ -70,8 +70,6 @@ def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | No
                    dataset: Dataset, out: Path, what: str, n_near: int = 6, n_show: int = 8,
                    base: Path = Path("."), progress: bool = True) -> tuple[list[Figure], list[str]]:
     """The distribution of the scores and montages of the patients nearest the threshold."""
-    for old in out.glob(f"{SCORED_PREFIX}*.png"):
-        old.unlink()
     figures = [Figure(distribution_figure(scores, threshold, out / f"{SCORED_PREFIX}distribution.png", what),
                       f"Blended scores of the {what}",
                       f"Each bar counts patients by blended score, red where the call is tumoral (score >= "
