@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     atomic_write_csv(table.reset_index(), models_path(args.out))
     if args.report:
         index = scored_report(table, params.threshold, params.weights, cells, dataset, report_dir(args.out),
-                              f"Predictions: {args.data_dir.name} with {args.ensemble.name}", args.progress)
+                              title=f"Predictions: {args.data_dir.name} with {args.ensemble.name}",
+                              progress=args.progress)
         print(f"report: {index}")
     n_tumoral = int((table["blend"] >= params.threshold).sum())
     print(f"{args.ensemble}: {len(pids)} patient(s) of {args.data_dir} scored by {len(runs.names)} model(s) "

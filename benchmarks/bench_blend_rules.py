@@ -70,7 +70,7 @@ def model_runs(args, seed: int) -> dict[str, Path]:
 
     def cnn(encoder_name: str, weights, head: str, fusion: bool) -> Path:
         run = d / cnn_run_name(encoder_name, head, fusion, seed)
-        finished(run, lambda: cnn_run(args, d, encoder_name, weights, head, fusion, seed))
+        finished(run, lambda: cnn_run(args, d, encoder_name, weights, head, fusion, seed=seed))
         return run
 
     return {"clinical": clinical("clinical"), "clinical+morpho": clinical("clinical+morpho"),

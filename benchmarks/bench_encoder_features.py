@@ -43,9 +43,9 @@ def run_seed(args, runs_dir: Path, seed: int) -> tuple[dict, dict, dict]:
     clinical = {fs: clinical_run(args, runs_dir, seed, fs, prefix=PREFIX) for fs in ("clinical", "clinical+morpho")}
     clinical["clinical+encoder"] = clinical_run(args, runs_dir, seed, "clinical+encoder", prefix=PREFIX,
                                                 extra=["--encoder", str(args.encoder), "--no-progress"])
-    cnn = {"imagenet mean": cnn_run(args, runs_dir, "imagenet", None, "mean", True, seed),
-           "imagenet attention": cnn_run(args, runs_dir, "imagenet", None, "attention", True, seed),
-           "ssl mean image-only": cnn_run(args, runs_dir, "ssl", args.encoder, "mean", False, seed)}
+    cnn = {"imagenet mean": cnn_run(args, runs_dir, "imagenet", None, "mean", True, seed=seed),
+           "imagenet attention": cnn_run(args, runs_dir, "imagenet", None, "attention", True, seed=seed),
+           "ssl mean image-only": cnn_run(args, runs_dir, "ssl", args.encoder, "mean", False, seed=seed)}
     base = [clinical["clinical"]["run"], clinical["clinical+morpho"]["run"], cnn["imagenet mean"]["run"],
             cnn["imagenet attention"]["run"]]
     sets = {"pipeline (clinical, morpho, ImageNet mean + attention)": base,

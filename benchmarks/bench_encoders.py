@@ -146,7 +146,8 @@ def pooled_image_only(args, dataset, record: dict, run_dir: Path) -> list[dict]:
     out = []
     for seed in args.seeds:
         folds = load_folds(dataset, 5, seed, FOLDS_DIR)
-        out.append(fold_metrics(cv_oof(table, cells, folds[folds["ID"].isin(labels.index)], labels, None, 8, seed)))
+        oof = cv_oof(table, cells, folds[folds["ID"].isin(labels.index)], labels, None, pca_dim=8, seed=seed)
+        out.append(fold_metrics(oof))
     return out
 
 

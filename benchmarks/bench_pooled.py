@@ -73,11 +73,12 @@ def main(argv=None) -> None:
     for seed in [args.select_seed, *args.seeds]:
         folds = load_folds(dataset, 5, seed, FOLDS_DIR)
         folds = folds[folds["ID"].isin(labels.index)]
-        scores[("clinical", seed)] = fold_metrics(cv_oof(clinical.loc[labels.index], None, folds, labels, None, 0, seed))
+        oof = cv_oof(clinical.loc[labels.index], None, folds, labels, None, pca_dim=0, seed=seed)
+        scores[("clinical", seed)] = fold_metrics(oof)
         for name, table, cells, dim in settings(encoder_cells):
             for with_clinical in (False, True):
                 key = f"{name} {'+ clinical' if with_clinical else 'image-only'}"
-                oof = cv_oof(table, cells, folds, labels, clinical if with_clinical else None, dim, seed)
+                oof = cv_oof(table, cells, folds, labels, clinical if with_clinical else None, pca_dim=dim, seed=seed)
                 scores[(key, seed)] = fold_metrics(oof)
                 print(f"seed {seed} {key}: BA {scores[(key, seed)]['ba_mean']:.3f} AUC {scores[(key, seed)]['auc_mean']:.3f}",
                       flush=True)

@@ -99,7 +99,7 @@ def run_all(args, runs_dir: Path) -> tuple[Path, list[dict], dict, dict]:
         clin, morpho = clinical_run(args, runs_dir, seed, "clinical"), clinical_run(args, runs_dir, seed, "clinical+morpho")
         clinical.append(clin)
         for key in [(e, h, f) for e in ENCODERS for h in args.heads for f in (False, True)]:
-            cnn.setdefault(key, []).append(cnn_run(args, runs_dir, *key[:1], weights, *key[1:], seed))
+            cnn.setdefault(key, []).append(cnn_run(args, runs_dir, *key[:1], weights, *key[1:], seed=seed))
             print(quality_line(f"{key} so far", cnn[key]), flush=True)
         pick = {e: [cnn[(e, h, True)][-1]["run"] for h in ("mean", "attention") if (e, h, True) in cnn] for e in ENCODERS}
         for name, tag, runs in (("pipeline, ImageNet", "imagenet", [clin["run"], morpho["run"], *pick["imagenet"]]),

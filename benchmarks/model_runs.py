@@ -29,7 +29,7 @@ def clinical_run_name(prefix: str, feature_set: str, seed: int) -> str:
     return f"{prefix}_{feature_set.replace('+', '_')}_s{seed}"
 
 
-def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, seed: int) -> dict:
+def cnn_run(args, runs_dir: Path, encoder: str, weights: Path, head: str, fusion: bool, *, seed: int) -> dict:
     """One 5-fold CV of a frozen encoder + head; its metrics."""
     name = cnn_run_name(encoder, head, fusion, seed)
     extra = ["--weights", str(weights), *encoder_input_args(weights)] if encoder == "ssl" else []
@@ -57,7 +57,7 @@ def blend(args, runs_dir: Path, name: str, runs: list[Path]) -> dict:
 
 
 def cv_oof(table: pd.DataFrame | None, cells, folds: pd.DataFrame, labels: pd.Series, clinical: pd.DataFrame | None,
-           pca_dim: int, seed: int) -> pd.DataFrame:
+           *, pca_dim: int, seed: int) -> pd.DataFrame:
     """5-fold OOF probabilities of one setting (``table`` None: cluster proportions fitted per fold): the clinical
     stage's model (lib.models.projection's block projection fitted on the training fold, then the class-balanced
     logistic regression with C by inner CV); ``pca_dim`` 0 keeps the image block whole."""

@@ -21,7 +21,7 @@ TARGET = np.array([0, 1] * (N // 2))
 FOLDS = np.arange(N) % 5
 
 
-def write_run(path: Path, seed: int, ids=IDS, target=TARGET, folds=FOLDS, test_ids=TEST_IDS,
+def write_run(path: Path, seed: int, *, ids=IDS, target=TARGET, folds=FOLDS, test_ids=TEST_IDS,
               config: dict | None = None, noise: float = 0.35) -> Path:
     """A run directory with oof.csv, test.csv and config.yaml; probabilities informative about the target."""
     rng = np.random.default_rng(seed)

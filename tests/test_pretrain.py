@@ -179,7 +179,7 @@ def test_the_teacher_moves_towards_the_student_ever_more_slowly():
     assert teacher_momentum(0.99, 0.3) < teacher_momentum(0.99, 0.7)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     backbone.num_features = 4
-    net = DinoNet(backbone, 8, 4, 6, 0.1, 0.04, 0.5)
+    net = DinoNet(backbone, 8, 4, 6, temperature=0.1, teacher_temperature=0.04, ema=0.5)
     student, teacher = net.backbone[1].weight, net.teacher_backbone[1].weight
     assert torch.equal(student, teacher) and not teacher.requires_grad  # the teacher starts as the student
     with torch.no_grad():

@@ -55,7 +55,7 @@ def teacher_momentum(base: float, progress: float) -> float:
 class DinoNet(nn.Module):
     """Student (``backbone`` + ``head``), its EMA teacher and the centre of the teacher's outputs."""
 
-    def __init__(self, backbone: nn.Module, hidden_dim: int, bottleneck: int, prototypes: int, temperature: float,
+    def __init__(self, backbone: nn.Module, hidden_dim: int, bottleneck: int, prototypes: int, *, temperature: float,
                  teacher_temperature: float, ema: float) -> None:
         super().__init__()
         self.backbone = backbone

@@ -195,7 +195,7 @@ def _write_view(array: np.ndarray, array_path: Path, index_path: Path, cells: pd
 
 
 @torch.inference_mode()
-def embed_images(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, to_tensor, batch_size: int,
+def embed_images(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, to_tensor, *, batch_size: int,
                  device: torch.device, dtype: torch.dtype | None, desc: str, progress: bool = True) -> np.ndarray:
     """Embeddings (len(rows), dim) float16 of image-cache rows, in batches."""
     out = []
@@ -256,8 +256,8 @@ def _embed_view(images: ImageCache, cells: pd.DataFrame, view: str, *, spec: Emb
     """Embed one view's cells and cache them; returns the array and the seconds it took."""
     start = time.perf_counter()
     to_tensor = view_transform(view, spec, job.data_config)
-    array = embed_images(model, images.array, cells["row"].to_numpy(), to_tensor, job.batch_size,
-                         job.device, job.dtype, f"embed {view}", job.progress)
+    array = embed_images(model, images.array, cells["row"].to_numpy(), to_tensor, batch_size=job.batch_size,
+                         device=job.device, dtype=job.dtype, desc=f"embed {view}", progress=job.progress)
     took = time.perf_counter() - start
     _write_view(array, array_path, index_path, cells)
     log.info("view %s: %d cells in %.1f s (%.0f img/s) -> %s", view, len(cells), took,

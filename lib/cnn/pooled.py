@@ -41,7 +41,7 @@ class CellEmbeddings:
 
 
 def encoder_embeddings(dataset: Dataset, backbone: str, weights: str, crop: int, input_size: str | int,
-                       cache_dir: Path, progress: bool = True) -> CellEmbeddings:
+                       cache_dir: Path, *, progress: bool = True) -> CellEmbeddings:
     """Embed (or read from the cache) every cell of the dataset under the identity view."""
     model = build_backbone(backbone, resolve_weights(weights, cache_dir), seed=0)
     data_config = embed_data_config(model, crop, input_size)
@@ -65,7 +65,7 @@ def encoder_table(dataset: Dataset, weights: Path, pooling: str, cache_dir: Path
     if record is None:
         raise DataError(f"{weights}: no encoder.json beside it (a finished pretrain_cnn.py run's encoder.pth)")
     cells = encoder_embeddings(dataset, record["backbone"], str(weights), record["crop"], record["input_size"],
-                               cache_dir, progress)
+                               cache_dir, progress=progress)
     table = pooled_rows(cells, pooling)
     table.columns = [f"{prefix}{c}" for c in table.columns]
     return table, cells.weights_tag

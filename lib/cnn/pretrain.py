@@ -205,7 +205,8 @@ def build_pretrainer(backbone: nn.Module, cache: ImageCache, data_config: dict, 
     """A fresh projection head on the backbone (seeded), moved to the device."""
     torch.manual_seed(s.seed)
     if s.objective == "dino":
-        model = DinoNet(backbone, s.hidden_dim, s.proj_dim, s.prototypes, s.temperature, s.teacher_temperature, s.ema)
+        model = DinoNet(backbone, s.hidden_dim, s.proj_dim, s.prototypes, temperature=s.temperature,
+                        teacher_temperature=s.teacher_temperature, ema=s.ema)
     else:
         model = SimCLRNet(backbone, s.hidden_dim, s.proj_dim, s.temperature)
     return Pretrainer(model.to(device, memory_format=torch.channels_last), cache, data_config, s, device, dtype)

@@ -114,7 +114,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
             time.sleep(0.2 * attempt + random.random())
 
 
-def open_study(name: str, storage: str | None, run_dir: str | Path, seed: int, direction: str = "maximize",
+def open_study(name: str, storage: str | None, run_dir: str | Path, seed: int, *, direction: str = "maximize",
                pruner: optuna.pruners.BasePruner | None = None, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
                grace_period: int | None = None) -> optuna.Study:
     """Create or load a seeded-TPE study; trials of a dead process (stale heartbeat) are marked FAIL."""

@@ -331,7 +331,7 @@ class AnomalyAttentionHead(AttentionHead):
     needs_anomaly = True
 
     def __init__(self, in_dim: int, clinical_dim: int = 0, hidden_dim: int = 128, dropout: float = 0.0,
-                 attn_dim: int = 64, anomaly_scale_init: float = 1.0, anomaly_feature: bool = True) -> None:
+                 attn_dim: int = 64, *, anomaly_scale_init: float = 1.0, anomaly_feature: bool = True) -> None:
         super().__init__(in_dim, clinical_dim, hidden_dim, dropout, attn_dim)
         self.anomaly_feature = anomaly_feature
         self.anomaly_scale = nn.Parameter(torch.tensor(float(anomaly_scale_init)))

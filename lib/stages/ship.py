@@ -57,9 +57,13 @@ def fp16_check(state: dict, record: dict, dataset: Dataset, cache_dir: Path) -> 
     rows = np.random.default_rng(0).choice(len(cache.index), min(CHECK_CELLS, len(cache.index)), replace=False)
     spec = EmbedSpec(dataset.name, record["backbone"], "", record["crop"], record["input_size"], "light", 0, 0, "fp32", "")
     to_tensor = view_transform("v0", spec, data_config)
+
+    def embed(weights_dtype: torch.dtype) -> np.ndarray:
+        return embed_images(models[weights_dtype], cache.array, np.sort(rows), to_tensor, batch_size=128,
+                            device=torch.device("cpu"), dtype=None, desc="fp16 check", progress=False).astype(np.float32)
+
     with torch.no_grad():
-        e32, e16 = (embed_images(models[d], cache.array, np.sort(rows), to_tensor, 128, torch.device("cpu"), None,
-                                 "fp16 check", progress=False).astype(np.float32) for d in (torch.float32, torch.float16))
+        e32, e16 = embed(torch.float32), embed(torch.float16)
     # embed_images stores float16: both sides carry the cache's own rounding, which is the noise floor here
     scale = np.linalg.norm(e32, axis=1) + 1e-12
     distance = np.linalg.norm(e16 - e32, axis=1) / scale

@@ -103,7 +103,7 @@ def patient_info(pid: str, ensemble: EnsembleRun, dataset: Dataset, n_cells: int
             "LYMPH_COUNT": float(row["LYMPH_COUNT"]), "GENDER": row["GENDER"], "n_cells": n_cells}
 
 
-def patient_montage(choice: Chosen, cells: pd.DataFrame, ensemble: EnsembleRun, dataset: Dataset, out: Path,
+def patient_montage(choice: Chosen, cells: pd.DataFrame, ensemble: EnsembleRun, dataset: Dataset, out: Path, *,
                     n_show: int, model: str) -> Figure | None:
     """One patient's montage (None when the CNN run has no cell weights for that patient)."""
     mine = cells[cells["ID"] == choice.pid].copy()
@@ -136,7 +136,7 @@ def montage_section(ensemble: EnsembleRun, dataset: Dataset | None, out: Path, n
         notes.append(f"Only the {max_errors} most confidently misclassified are shown (of {n_wrong}).")
     figures = []
     for choice in tqdm(chosen, desc="patient montages", disable=not progress):
-        figure = patient_montage(choice, cells, ensemble, dataset, out, n_show, model)
+        figure = patient_montage(choice, cells, ensemble, dataset, out, n_show=n_show, model=model)
         if figure is None:
             notes.append(f"Patient {choice.pid} ({choice.reason}): no cell weights in {model}/cells.csv.")
         figures += [figure] if figure else []
@@ -154,7 +154,7 @@ def submitted_section(ensemble: EnsembleRun, dataset: Dataset | None, out: Path,
     if model is not None:
         cells = read_test_cells(ensemble.runs.paths[ensemble.runs.names.index(model)], scores.index)
     return scored_section(scores, ensemble.params.threshold, cells, model, dataset, out,
-                          "submitted test patients", n_show=n_show, base=REPO_DIR, progress=progress)
+                          what="submitted test patients", n_show=n_show, base=REPO_DIR, progress=progress)
 
 
 def build_report(ensemble_dir: str | Path, data_dir: Path | None = None, out: Path | None = None,

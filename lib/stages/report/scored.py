@@ -48,7 +48,7 @@ def scored_info(pid: str, score: float, threshold: float, dataset: Dataset, n_ce
             "LYMPH_COUNT": float(row["LYMPH_COUNT"]), "GENDER": row["GENDER"], "n_cells": n_cells}
 
 
-def scored_montage(pid: str, score: float, threshold: float, cells: pd.DataFrame, dataset: Dataset, out: Path,
+def scored_montage(pid: str, score: float, threshold: float, cells: pd.DataFrame, dataset: Dataset, out: Path, *,
                    n_show: int, model: str, base: Path) -> Figure | None:
     """One unlabelled patient's montage (None without cell weights for that patient)."""
     mine = cells[cells["ID"] == pid].copy()
@@ -67,7 +67,7 @@ def scored_montage(pid: str, score: float, threshold: float, cells: pd.DataFrame
 
 
 def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | None, model: str | None,
-                   dataset: Dataset, out: Path, what: str, n_near: int = 6, n_show: int = 8,
+                   dataset: Dataset, out: Path, *, what: str, n_near: int = 6, n_show: int = 8,
                    base: Path = Path("."), progress: bool = True) -> tuple[list[Figure], list[str]]:
     """The distribution of the scores and montages of the patients nearest the threshold."""
     figures = [Figure(distribution_figure(scores, threshold, out / f"{SCORED_PREFIX}distribution.png", what),
@@ -79,7 +79,8 @@ def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | No
     if cells is None or model is None:
         return figures, notes + ["No CNN run with cell weights: no cell montages for these patients."]
     for pid in tqdm(near, desc="scored-patient montages", disable=not progress):
-        figure = scored_montage(pid, float(scores[pid]), threshold, cells, dataset, out, n_show, model, base)
+        figure = scored_montage(pid, float(scores[pid]), threshold, cells, dataset, out, n_show=n_show, model=model,
+                                base=base)
         figures += [figure] if figure else []
         if figure is None:
             notes.append(f"Patient {pid}: no cell weights in {model}.")
@@ -87,20 +88,21 @@ def scored_section(scores: pd.Series, threshold: float, cells: pd.DataFrame | No
 
 
 def scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[str, float],
-                  cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, title: str,
+                  cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, *, title: str,
                   progress: bool = True) -> Path:
     """A stand-alone report (index.html + PNGs) of patients scored by predict.py, put in place whole."""
     with atomic_directory(out) as work:
-        _write_scored_report(table, threshold, fusion_weights, cells_by_run, dataset, work, title, progress)
+        _write_scored_report(table, threshold, fusion_weights, cells_by_run, dataset, work, title=title,
+                             progress=progress)
     return out / "index.html"
 
 
 def _write_scored_report(table: pd.DataFrame, threshold: float, fusion_weights: dict[str, float],
-                         cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, title: str,
+                         cells_by_run: dict[str, pd.DataFrame], dataset: Dataset, out: Path, *, title: str,
                          progress: bool) -> None:
     model = choose_cell_model(cells_by_run, fusion_weights)
     figures, notes = scored_section(table["blend"], threshold, cells_by_run.get(model), model, dataset, out,
-                                    "scored patients", progress=progress)
+                                    what="scored patients", progress=progress)
     rows = [{"model": name, "fusion weight": f"{fusion_weights.get(name, 0.0):.2f}",
              "mean score": f"{table[name].mean():.3f}", "threshold": "0.50",
              "called tumoral": int((table[name] >= 0.5).sum())} for name in table.columns if name != "blend"]
