@@ -67,7 +67,10 @@ def test_a_killed_night_resumes_without_redoing_a_finished_stage(demo_pipeline, 
         assert expected in text, expected
     final = night / f"{name}_s43" / "ensemble"
     params = json.loads((final / "best_params.json").read_text())
-    assert len(params["runs"]) == 7  # the default four, the two tuned ones and the image-only CNN
+    if "**won**" in text:  # the night's blend: the default four, the two tuned ones and the image-only CNN
+        assert len(params["runs"]) == 7 and "Submitted: the night's blend" in text
+    else:  # the default pipeline's blend is submitted
+        assert len(params["runs"]) == 4 and "Submitted: the default pipeline's blend" in text
     assert (final / "report" / "index.html").is_file()
     tuned = yaml.safe_load((night / f"{name}_s43" / "cnn_tuned" / "config.yaml").read_text())
     best = yaml.safe_load((night / f"{name}_cnn_study" / "best.yaml").read_text())
@@ -93,6 +96,17 @@ def test_a_night_on_two_seeds_bags_every_model_before_the_final_blend(demo_pipel
     assert bag["models"] == models
     ensemble = stages[names.index("final/ensemble")]["command"]
     assert str(night / f"{dataset.name}_bag43-44" / "cnn_tuned") in ensemble and "--runs" in ensemble
+    fallback = " ".join(stages[names.index("final/ensemble")]["unless_won"])  # submitted when the night did not win
+    assert "--fusion equal" in fallback and "cnn_tuned" not in fallback
+    assert str(night / f"{dataset.name}_bag43-44" / "cnn_attention") in fallback
+
+
+def test_the_night_wins_only_by_more_than_the_spread_of_its_gains():
+    from lib.night.summary import won
+    assert won({"ba": [0.90, 0.91, 0.92]}, {"ba": [0.93, 0.94, 0.95]}) is True
+    assert won({"ba": [0.90, 0.91, 0.92]}, {"ba": [0.95, 0.91, 0.90]}) is False  # mean gain 0.01, spread 0.03
+    assert won({"ba": [0.90]}, {"ba": [0.95]}) is False  # one seed: no spread to beat, the default stays
+    assert won({"ba": []}, {"ba": []}) is None
 
 
 def test_a_night_starts_from_the_shipped_encoder(demo_pipeline, tmp_path):
@@ -110,6 +124,8 @@ def test_a_night_starts_from_the_shipped_encoder(demo_pipeline, tmp_path):
     pretrain = " ".join(on["encoder"]["command"])
     assert "--weights lymph-ssl" in pretrain and "--epochs 10" in pretrain
     assert str(night / f"{dataset.name}_ssl" / "encoder.pth") in " ".join(on["s43/cnn_ssl"]["command"])
+    for model in ("cnn", "cnn_attention"):  # the default pipeline's CNNs stay on their own preset's weights
+        assert "--weights" not in on[f"s43/{model}"]["command"], on[f"s43/{model}"]["command"]
     slow = {**PROBE, "pretrain_img_s": 50.0}  # 10k cells: 200 s an epoch
     assert plan.encoder_decision("auto", 3 * 3600, 10_000, slow, continued=True)["epochs"] == 21
     assert not plan.encoder_decision("auto", 3 * 3600, 10_000, slow)["on"]  # from scratch: 25 epochs do not fit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lib.fusion.fuse import DEFAULT_FUSION
 from lib.night.settings import NightSettings
 from lib.pipeline.commands import (
     MODELS,
@@ -87,6 +88,7 @@ def blended_models(settings: NightSettings, night_dir: Path, name: str, weights:
 def fixed_stages(settings: NightSettings, data_dir: Path, night_dir: Path, name: str, encoder: dict) -> list[dict]:
     """Every stage that is not a study, in order: {name, kind, command | action}."""
     pipeline = pipeline_settings(settings, night_dir, encoder["on"])
+    default_pipeline = pipeline_settings(settings, night_dir, encoder_on=False)  # the default four, as pipeline.py
     weights = night_weights(settings, night_dir, name, encoder["on"])
     out = []
     for seed in [settings.select_seed, *settings.bag_seeds]:
@@ -100,19 +102,24 @@ def fixed_stages(settings: NightSettings, data_dir: Path, night_dir: Path, name:
     out.append({"name": "studies", "kind": "studies"})
     models = blended_models(settings, night_dir, name, weights)
     for seed in settings.bag_seeds:
-        default = [(m, c) for m, c in model_stages(data_dir, name, seed, pipeline)[1:]]
+        default = model_stages(data_dir, name, seed, default_pipeline)[1:]  # never on tonight's encoder
         for model, command in [*default, *night_models(settings, data_dir, night_dir, name, seed, weights)]:
             out.append({"name": f"s{seed}/{model}", "kind": model, "command": command})
         tag = f"{name}_s{seed}"
-        for blend, members in (("ensemble_default", list(DEFAULT_MODELS)), ("ensemble_night", models)):
+        # the default pipeline's blend as pipeline.py makes it (its fusion), against the night's Optuna blend
+        for blend, members, fusion in (("ensemble_default", list(DEFAULT_MODELS), DEFAULT_FUSION),
+                                       ("ensemble_night", models, "study")):
             out.append({"name": f"s{seed}/{blend}", "kind": "ensemble", "n_models": len(members),
                         "command": ensemble_command(night_dir, tag, members, blend, settings.ensemble_trials,
-                                                    fusion="study")})
+                                                    fusion=fusion)})
     tag = final_tag(name, settings.bag_seeds)
     if len(settings.bag_seeds) > 1:
         out.append({"name": "bag", "kind": "bag", "models": models})
     for stage, command in blend_stages(data_dir, tag, pipeline, tuple(models)):
         out.append({"name": f"final/{stage}", "kind": stage, "command": command, "n_models": len(models)})
+        if stage == "ensemble":  # run instead when the night did not win: the default four's blend, bagged likewise
+            out[-1]["unless_won"] = ensemble_command(night_dir, tag, list(DEFAULT_MODELS), "ensemble",
+                                                     settings.ensemble_trials, fusion=DEFAULT_FUSION)
     return out
 
 

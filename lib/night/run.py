@@ -23,7 +23,7 @@ from lib.night.commands import (
     study_names,
 )
 from lib.night.settings import PLANNED, PLANNED_BEFORE, NightSettings, planned_settings
-from lib.night.summary import write_summary
+from lib.night.summary import night_won, write_summary
 from lib.pipeline.run import Runner, bag_models, run_child, run_stage
 
 
@@ -111,12 +111,17 @@ class Night:
         print(f"\n=== {stage['name']} (estimate {plan.fmt_duration(estimate or 0)}; night elapsed "
               f"{plan.fmt_duration(time.time() - self.plan['started'])}, left "
               f"{plan.fmt_duration(self.plan['deadline'] - time.time())})", flush=True)
-        began, seconds = time.perf_counter(), {}
+        began, seconds, command, extra = time.perf_counter(), {}, stage.get("command"), {}
+        if "unless_won" in stage:
+            extra["submitted"] = "night" if night_won(self.dir, self.dataset.name, self.settings.bag_seeds) else "default"
+            command = stage["command"] if extra["submitted"] == "night" else stage["unless_won"]
+            print(f"=== {stage['name']}: the {extra['submitted']} blend (the night "
+                  f"{'won' if extra['submitted'] == 'night' else 'did not win'})", flush=True)
         if stage["kind"] == "bag":
             self.bag(stage["models"])
         else:
-            run_stage(stage["name"], stage["command"], seconds, self.runner)
-        markers.mark_finished(self.dir, stage["name"], time.perf_counter() - began, estimate)
+            run_stage(stage["name"], command, seconds, self.runner)
+        markers.mark_finished(self.dir, stage["name"], time.perf_counter() - began, estimate, **extra)
 
     def bag(self, models: list[str]) -> None:
         bag_models(self.dataset.name, self.settings.bag_seeds, pipeline_settings(self.settings, self.dir, False), {},
@@ -194,8 +199,8 @@ def run_night(settings: NightSettings, runner: Runner = run_child, measure=None)
     run.final()
     weights = night_weights(settings, night_dir, dataset.name, night["encoder"]["on"])
     models = blended_models(settings, night_dir, dataset.name, weights)
-    summary = write_summary(night_dir, night, stages, settings, study_names(dataset.name), models,
-                            night_dir / final_tag(dataset.name, settings.bag_seeds))
+    summary = write_summary(night_dir, night, stages, settings, studies=study_names(dataset.name), models=models,
+                            final_dir=night_dir / final_tag(dataset.name, settings.bag_seeds))
     print(summary.read_text())
     return summary
 

@@ -14,7 +14,8 @@ from lib.night import markers
 from lib.night.plan import fmt_duration
 from lib.night.settings import NightSettings
 
-BLENDS = (("ensemble_default", "default pipeline (4 models)"), ("ensemble_night", "night (all models)"))
+BLENDS = (("ensemble_default", "default pipeline (4 models, equal weights at 0.5)"),
+          ("ensemble_night", "night (all models, Optuna weights)"))
 
 
 def _metrics(path: Path) -> dict | None:
@@ -34,16 +35,30 @@ def seed_scores(night_dir: Path, dataset: str, seeds: list[int], model: str) -> 
     return out
 
 
-def verdict(default: dict, night: dict) -> str:
-    """Won when the night's mean nested BA beats the default's by more than the spread of the per-seed gains."""
+def won(default: dict, night: dict) -> bool | None:
+    """Whether the night's mean nested BA beats the default's by more than the spread of the per-seed gains (None:
+    the per-seed blends did not all finish)."""
     if not default["ba"] or len(default["ba"]) != len(night["ba"]):
+        return None
+    gains = np.array(night["ba"]) - np.array(default["ba"])
+    return bool(gains.mean() > (np.std(gains) if len(gains) > 1 else float("nan")))
+
+
+def night_won(night_dir: Path, dataset: str, seeds: list[int]) -> bool | None:
+    """The verdict of a night's per-seed blends (see ``won``)."""
+    return won(*(seed_scores(night_dir, dataset, seeds, blend) for blend, _ in BLENDS))
+
+
+def verdict(default: dict, night: dict) -> str:
+    """The verdict line: won or not (``won``), with the gains."""
+    if won(default, night) is None:
         return "no verdict: the per-seed blends did not all finish"
     gains = np.array(night["ba"]) - np.array(default["ba"])
     spread = float(np.std(gains)) if len(gains) > 1 else float("nan")
     auc_gain = float(np.mean(night["auc"]) - np.mean(default["auc"]))
     text = (f"night - default: BA {gains.mean():+.3f} (spread of the per-seed gains {spread:.3f}), "
             f"AUC {auc_gain:+.3f}")
-    if gains.mean() > spread:
+    if won(default, night):
         return f"**won**: {text}"
     return (f"**did not win**: {text}; the extra models and settings did not move the honest BA by more than its "
             f"spread (one reactive patient is ~0.014 of BA here): the default blend is as good on this data")
@@ -83,8 +98,8 @@ def study_lines(night_dir: Path, names: dict[str, str], notes: dict) -> list[str
     return lines
 
 
-def write_summary(night_dir: Path, night: dict, stages: list[dict], settings: NightSettings, studies: dict[str, str],
-                  models: list[str], final_dir: Path) -> Path:
+def write_summary(night_dir: Path, night: dict, stages: list[dict], settings: NightSettings, *,
+                  studies: dict[str, str], models: list[str], final_dir: Path) -> Path:
     """summary.md beside the submission (and a copy in the night directory); returns its path."""
     dataset, seeds, probe = night["dataset"], list(settings.bag_seeds), night["probe"]
     studies_marker = markers.finished(night_dir, "studies") or {}
@@ -108,8 +123,11 @@ def write_summary(night_dir: Path, night: dict, stages: list[dict], settings: Ni
         lines.append(f"| **blend: {label}** | {mean_std(blends[blend]['ba'])} | {mean_std(blends[blend]['auc'])} |")
     final = _metrics(final_dir / "ensemble" / "metrics.json")
     lines += ["", verdict(blends["ensemble_default"], blends["ensemble_night"]), ""]
+    submitted = (markers.finished(night_dir, "final/ensemble") or {}).get("submitted", "night")
+    what = ("the night's blend of all models" if submitted == "night" else
+            "the default pipeline's blend of its four models (equal weights at 0.5; the night did not win)")
     if final:
-        lines += [f"Submitted: the blend of all models bagged over fold seeds {seeds} ({final_dir}): nested BA "
+        lines += [f"Submitted: {what}, bagged over fold seeds {seeds} ({final_dir}): nested BA "
                   f"{final['nested']['ba_mean']:.3f}±{final['nested']['ba_std']:.3f}, AUC {final['nested']['auc']:.3f} "
                   f"(its folds are the first seed's; bagged OOF predictions), written to {settings.out}.", ""]
     lines += ["## Stages", "", *stage_table(night_dir, stages), ""]
