@@ -172,6 +172,9 @@ def test_budgets_and_the_planners_arithmetic():
     assert plan.parse_budget("8h") == 8 * 3600 and plan.parse_budget("1h30m") == 5400
     assert plan.parse_budget("90m") == 5400 and plan.parse_budget("2.5h") == 9000
     assert plan.fmt_duration(3900) == "1h05m" and plan.fmt_duration(75) == "1m15s"
+    fast = {**PROBE, "embed_img_s": 4 * plan.REFERENCE["embed_img_s"]}  # bf16: embeds 4x faster, heads do not
+    assert plan.model_cost("cnn_ssl", plan.scale(fast)) == plan.COSTS_S["cnn"] * plan.WARM_FLOOR
+    assert plan.model_cost("cnn", plan.scale(PROBE)) >= plan.COSTS_S["cnn"] * plan.WARM_FLOOR
     slow = {**PROBE, "pretrain_img_s": 10.0}  # 25 epochs of 10,000 cells: ~7 h, more than 40 % of 8 h
     assert not plan.encoder_decision("auto", 8 * 3600, 10_000, slow)["on"]
     fast = plan.encoder_decision("auto", 8 * 3600, 10_000, {**PROBE, "pretrain_img_s": 500.0})

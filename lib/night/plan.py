@@ -32,6 +32,9 @@ ENSEMBLE_COST_TRIALS, ENSEMBLE_COST_MODELS = 100, 4  # COSTS_S["ensemble"]: 100 
 MORPHO_S_PER_CELL = 0.0025  # cold morphometry cache: segmentation and features of one cell (2 workers)
 EMBED_PASSES = 6.0  # cold embedding cache of the CNN preset, in bare Lite0 passes per cell: the identity and
 # test-time views, and two heavy-augmentation views costing ~2.5 passes each (albumentations on the CPU)
+WARM_FLOOR = 0.6  # a warm model stage is process start-up and head training, which a faster embedding (bf16) does
+# not speed up: on a 2-core EPYC with native bf16 (probe x0.24 of the reference) they took 0.55-0.9 of the reference
+# costs (2-hour night, BENCHMARKS.md), so their scale stops here
 DRIFT_MIN_S = 60.0  # the measured drift is used once this many estimated seconds of fixed stages have finished
 ENCODER_SHARE = 0.4  # of the budget, at most, for the label-free encoder
 MIN_ENCODER_EPOCHS, MAX_ENCODER_EPOCHS = 25, 100
@@ -89,9 +92,9 @@ def encoder_decision(choice: str, budget_s: float, n_cells: int, probe: dict, co
 
 
 def model_cost(model: str, factor: float) -> float:
-    """One model stage with warm caches on this machine."""
+    """One model stage with warm caches on this machine (``factor``: ``scale``, floored at WARM_FLOOR)."""
     base = "cnn" if model.startswith("cnn") else "clinical" if model.startswith("clinical") else model
-    return COSTS_S.get(base, COSTS_S["cnn"]) * factor
+    return COSTS_S.get(base, COSTS_S["cnn"]) * max(factor, WARM_FLOOR)
 
 
 def fixed_estimates(stages: list[tuple[str, str, int]], n_cells: int, probe: dict, encoder: dict,
