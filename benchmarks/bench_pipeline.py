@@ -35,8 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fusion", choices=FUSIONS, default=DEFAULT_FUSION, help="pipeline.py --fusion")
     parser.add_argument("--cnn-config", type=Path, help="pipeline.py --cnn-config (default: its own default preset)")
     parser.add_argument("--cold", action="store_true",
-                        help="start from empty caches (LYMPH_CACHE_DIR in the temp dir): morphometry, decoded "
-                             "images, weights and embeddings are computed inside the timed run")
+                        help="start from empty caches (pipeline.py --cache-dir in the temp dir): morphometry, "
+                             "decoded images, weights and embeddings are computed inside the timed run")
     parser.add_argument("--no-append", action="store_true")
     return parser.parse_args(argv)
 
@@ -83,8 +83,8 @@ def main(argv=None) -> list[str]:
     results, timings, roots, start = {}, {}, {}, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         runs_dir = args.runs_dir or Path(tmp)
-        cold = ["--cache-dir", str(Path(tmp) / "cache")] if args.cold else []  # pipeline.py's default was read
-        # at import (lib.core.paths.CACHE_DIR): the option, not LYMPH_CACHE_DIR, moves the caches now
+        cold = ["--cache-dir", str(Path(tmp) / "cache")] if args.cold else []  # not LYMPH_CACHE_DIR: pipeline.py
+        # read it at import, and passes its --cache-dir to every stage
         for seed in args.seeds:
             timings[seed] = pipeline.main(["--data-dir", str(args.data_dir), "--runs-dir", str(runs_dir),
                                            "--fold-seed", str(seed), "--trials", str(args.trials), "--fusion", args.fusion,

@@ -66,6 +66,8 @@ BLEND_RULES = r"Fixed blending rules over every subset of the models.*"
 DEFAULT_BLEND = (r"blend \(equal weights, CV\)", r"blend \(equal weights, 0\.5, nothing fitted\)",
                  r"blend \(nested, threshold 0\.5\)")  # bench_pipeline's lines, newest format first
 SSL_IMAGE_ONLY = r"simclr, mean head, image-only"  # bench_encoders' line of the frozen encoder's MIL head
+COLD_PIPELINE = (Field("", (r"wall time, seed \d+",), r"total " + SECONDS),  # bench_pipeline --cold's lines
+                 Field("peak", (r"peak memory of a stage",), r"(\d+ MB)"))
 MEASURES: tuple[Measure, ...] = (
     Measure("Default pipeline: blend of its four models (equal weights at 0.5)", PIPELINE,
             quality(*DEFAULT_BLEND), seeds=True),
@@ -84,13 +86,9 @@ MEASURES: tuple[Measure, ...] = (
     Measure("Whole-pipeline benchmark, wall time over its fold seeds", PIPELINE,
             (Field("", (r"whole benchmark",), MINUTES),), seeds=True),
     Measure("Default pipeline on the real data from empty caches, one fold seed: wall time / peak memory of a stage",
-            r"Whole pipeline, cold caches",
-            (Field("", (r"wall time, seed \d+",), r"total " + SECONDS), Field("peak", (r"peak memory of a stage",),
-                                                                           r"(\d+ MB)"))),
+            r"Whole pipeline, cold caches", COLD_PIPELINE),
     Measure("The same with the CNNs on the shipped encoder (`--cnn-config configs/cnn_cpu_ssl.yaml`)",
-            r"Whole pipeline, cold caches \(cnn_cpu_ssl\)",
-            (Field("", (r"wall time, seed \d+",), r"total " + SECONDS), Field("peak", (r"peak memory of a stage",),
-                                                                           r"(\d+ MB)"))),
+            r"Whole pipeline, cold caches \(cnn_cpu_ssl\)", COLD_PIPELINE),
     Measure("Demo `./run.sh`: installed / fresh clone with install", r"Demo: README main command, fresh clone",
             (Field("installed", (r"install excluded.*",), SECONDS),
              Field("fresh clone", (r"install included.*",), SECONDS))),

@@ -87,22 +87,22 @@ def blended_models(settings: NightSettings, night_dir: Path, name: str, weights:
 
 def fixed_stages(settings: NightSettings, data_dir: Path, night_dir: Path, name: str, encoder: dict) -> list[dict]:
     """Every stage that is not a study, in order: {name, kind, command | action}."""
-    pipeline = pipeline_settings(settings, night_dir, encoder["on"])
-    default_pipeline = pipeline_settings(settings, night_dir, encoder_on=False)  # the default four, as pipeline.py
+    pipeline = pipeline_settings(settings, night_dir, encoder_on=False)  # the default four run as pipeline.py runs them
     weights = night_weights(settings, night_dir, name, encoder["on"])
     out = []
     for seed in [settings.select_seed, *settings.bag_seeds]:
         out.append({"name": f"s{seed}/prepare", "kind": "prepare",
                     "command": model_stages(data_dir, name, seed, pipeline)[0][1]})
     if encoder["on"]:
-        stage = pretrain_stage(data_dir, name, pipeline)[1] + ["--epochs", str(encoder["epochs"]), "--scope",
-                                                              settings.encoder_scope, *shipped_weights(settings),
-                                                              "--no-progress"]
+        encoder_pipeline = pipeline_settings(settings, night_dir, encoder_on=True)  # its pretraining preset
+        stage = pretrain_stage(data_dir, name, encoder_pipeline)[1] + ["--epochs", str(encoder["epochs"]), "--scope",
+                                                                      settings.encoder_scope,
+                                                                      *shipped_weights(settings), "--no-progress"]
         out.append({"name": "encoder", "kind": "pretrain", "command": stage})
     out.append({"name": "studies", "kind": "studies"})
     models = blended_models(settings, night_dir, name, weights)
     for seed in settings.bag_seeds:
-        default = model_stages(data_dir, name, seed, default_pipeline)[1:]  # never on tonight's encoder
+        default = model_stages(data_dir, name, seed, pipeline)[1:]  # never on tonight's encoder
         for model, command in [*default, *night_models(settings, data_dir, night_dir, name, seed, weights)]:
             out.append({"name": f"s{seed}/{model}", "kind": model, "command": command})
         tag = f"{name}_s{seed}"

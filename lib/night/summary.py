@@ -35,13 +35,20 @@ def seed_scores(night_dir: Path, dataset: str, seeds: list[int], model: str) -> 
     return out
 
 
-def won(default: dict, night: dict) -> bool | None:
-    """Whether the night's mean nested BA beats the default's by more than the spread of the per-seed gains (None:
-    the per-seed blends did not all finish)."""
+def ba_gains(default: dict, night: dict) -> tuple[np.ndarray, float] | None:
+    """The per-seed gains of the night's nested BA over the default's and their spread (NaN for one seed); None when
+    the per-seed blends did not all finish."""
     if not default["ba"] or len(default["ba"]) != len(night["ba"]):
         return None
     gains = np.array(night["ba"]) - np.array(default["ba"])
-    return bool(gains.mean() > (np.std(gains) if len(gains) > 1 else float("nan")))
+    return gains, float(np.std(gains)) if len(gains) > 1 else float("nan")
+
+
+def won(default: dict, night: dict) -> bool | None:
+    """Whether the night's mean nested BA beats the default's by more than the spread of the per-seed gains (None:
+    the per-seed blends did not all finish)."""
+    result = ba_gains(default, night)
+    return None if result is None else bool(result[0].mean() > result[1])
 
 
 def night_won(night_dir: Path, dataset: str, seeds: list[int]) -> bool | None:
@@ -51,10 +58,10 @@ def night_won(night_dir: Path, dataset: str, seeds: list[int]) -> bool | None:
 
 def verdict(default: dict, night: dict) -> str:
     """The verdict line: won or not (``won``), with the gains."""
-    if won(default, night) is None:
+    result = ba_gains(default, night)
+    if result is None:
         return "no verdict: the per-seed blends did not all finish"
-    gains = np.array(night["ba"]) - np.array(default["ba"])
-    spread = float(np.std(gains)) if len(gains) > 1 else float("nan")
+    gains, spread = result
     auc_gain = float(np.mean(night["auc"]) - np.mean(default["auc"]))
     text = (f"night - default: BA {gains.mean():+.3f} (spread of the per-seed gains {spread:.3f}), "
             f"AUC {auc_gain:+.3f}")

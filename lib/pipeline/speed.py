@@ -27,7 +27,7 @@ def cnn_run_speed(run_dir: str | Path) -> dict:
         and config.get("crop") == 112
     return {**timings, "epochs_run": len(log), "epoch_seconds": float(log["seconds"].sum()),
             "bag_size": config["bag_size"], "gflop_per_image": LITE0_GFLOP_112 if lite0_112 else None,
-            "backbone": f"{config.get('backbone')} at {config.get('input_size')} px"}
+            "embedder": f"{config.get('backbone')} at {config.get('input_size')} px"}
 
 
 def embed_rate_line(label: str, timings: dict, peak_gflops: float) -> str:
@@ -38,9 +38,9 @@ def embed_rate_line(label: str, timings: dict, peak_gflops: float) -> str:
     """
     if not timings.get("embedded_images"):
         return f"- embedding ({label}): reused from the cache"
-    rate, gflop = timings["embed_img_per_s"], timings.get("gflop_per_image", LITE0_GFLOP_112)
+    rate, gflop = timings["embed_img_per_s"], timings["gflop_per_image"]
     flops = (f", ~{rate * gflop:.0f} GFLOP/s of the {peak_gflops:.0f} GFLOP/s fp32 matmul peak measured in this run"
-             if gflop else f" ({timings.get('backbone', 'not Lite0 at 112 px')}: no FLOP count kept for it)")
+             if gflop else f" ({timings['embedder']}: no FLOP count kept for it)")
     return (f"- embedding ({label}, cold): {timings['embedded_images']} cell views in {timings['embed_seconds']:.0f} s"
             f" = {rate:.0f} img/s{flops}")
 
