@@ -176,3 +176,21 @@ def test_sigterm_reaches_the_running_stage_and_the_pipeline_waits_for_it(tmp_pat
     except ProcessLookupError:
         return  # the stage is gone
     raise AssertionError(f"stage {stage} is still running after the pipeline stopped")
+
+
+def test_the_finetune_presets_weights_are_checked_by_name_or_file(tmp_path):
+    """--with-finetune's weights before any stage: a shipped name or 'lite0' resolves, a missing file and a damaged
+    preset are one-line errors naming the preset."""
+    from lib.core.errors import DataError
+    from lib.pipeline.commands import PipelineSettings
+    from lib.pipeline.run import check_finetune
+    preset = tmp_path / "finetune.yaml"
+    settings = PipelineSettings(runs_dir=tmp_path, folds_dir=tmp_path, cache_dir=tmp_path / "cache", out=tmp_path / "s.csv",
+                                with_finetune=preset)
+    preset.write_text("weights: lymph-ssl\n")
+    check_finetune(settings)  # the shipped encoder, by name (its content hash checked)
+    for text, message in (("weights: nowhere.pth\n", "weights file not found"), ("weights: [\n", "not valid YAML")):
+        preset.write_text(text)
+        with pytest.raises(DataError, match=message) as error:
+            check_finetune(settings)
+        assert str(error.value).startswith(f"{preset}: ") and "\n" not in str(error.value)

@@ -77,8 +77,8 @@ def load_folds(dataset: Dataset, n_splits: int = DEFAULT_N_SPLITS, seed: int = D
         atomic_write_csv(folds, path)
         log.info("wrote %s", path)
     folds = read_table(path, dtype={"fold": str})
-    _check_folds(folds, dataset, n_splits, path)
-    return folds.astype({"fold": int})
+    _check_folds(folds, dataset, n_splits, path)  # its value check made the folds integers, in place
+    return folds
 
 
 def _check_fold_values(folds: pd.DataFrame, path: Path) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 import yaml
 
 from lib.core.cli import INTERRUPTED
+from lib.core.config import yaml_problem
 from lib.core.errors import DataError
 from lib.core.paths import CONFIGS_DIR, REPO_DIR
 from lib.data.dataset import load_dataset
 from lib.data.locate import resolve_data_dir
+from lib.models.shipped import is_shipped
 from lib.pipeline.commands import PipelineSettings, blend_stages, model_stages, models, pretrain_stage
 from lib.stages.bagging import bag_runs
 
@@ -78,9 +80,13 @@ def check_finetune(settings: PipelineSettings) -> None:
         raise DataError(f"{config}: --with-finetune config not found")
     if not settings.pretrain_config:
         from lib.models.backbones import resolve_weights  # torch, timm: only with --with-finetune
-        weights = str((yaml.safe_load(config.read_text()) or {}).get("weights", "lite0"))
+        try:
+            weights = str((yaml.safe_load(config.read_text()) or {}).get("weights", "lite0"))
+        except yaml.YAMLError as exc:
+            raise DataError(f"{config}: not valid YAML ({yaml_problem(exc)})") from None
+        named = weights in ("lite0", "none") or is_shipped(weights)  # resolve_weights' names, not files
         try:  # the stages run in the repository: a relative weights path is relative to it
-            resolve_weights(weights if weights in ("lite0", "none") else str(REPO_DIR / weights), settings.cache_dir)
+            resolve_weights(weights if named else str(REPO_DIR / weights), settings.cache_dir)
         except DataError as exc:
             raise DataError(f"{config}: {exc} (learn the encoder in this run with --pretrain-config "
                             f"configs/pretrain_cpu.yaml)") from None
